@@ -1,0 +1,16 @@
+"""sktransfer: deep transfer learning as scikit-learn estimators."""
+
+from .backbones import get_backbone, list_backbones, register_backbone
+from .classifier import TransferClassifier
+from .regressor import TransferRegressor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TransferClassifier",
+    "TransferRegressor",
+    "get_backbone",
+    "list_backbones",
+    "register_backbone",
+    "__version__",
+]

@@ -1,0 +1,621 @@
+"""Shared estimator logic: validation, seeding, device, building and training the skorch net.
+
+The estimators are composition wrappers: a scikit-learn estimator with flat hyperparameters
+that builds a skorch ``NeuralNet`` in ``fit`` and keeps it as ``net_``. Nothing here knows about
+individual architectures; that is :mod:`sktransfer.backbones`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import numbers
+import os
+import random
+import warnings
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+from skorch import NeuralNet
+from skorch.callbacks import Callback, EarlyStopping, ProgressBar
+from skorch.helper import predefined_split
+from torch import nn
+
+from . import caching
+from ._compat import HasMethods, Interval, StrOptions
+from ._network import TransferNet, dry_run, frozen_prefix_is_exact
+from .backbones import get_backbone
+from .data import ArrayDataset, Preprocess, check_input, check_same_input, collate_batch
+from .freezing import n_frozen_stages
+
+__all__ = ["TransferEstimatorMixin"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Global state hygiene
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def preserved_global_state(device=None):
+    """Leave torch, numpy and ``random`` RNG states (and torch's thread count) as found."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    devices = []
+    if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
+        devices = [torch.device(device)]
+    threads = torch.get_num_threads()
+    grad = torch.is_grad_enabled()
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+            torch.set_grad_enabled(grad)
+
+
+def resolve_device(device):
+    """``"auto"`` -> CUDA when available, else CPU; anything else is checked."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device={device!r} is not a device torch understands; use 'auto', 'cpu', 'cuda' "
+            "or 'cuda:N'."
+        ) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was requested but CUDA is not available on this machine; use "
+            "device='auto' or 'cpu'."
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r} was requested but MPS is not available.")
+    return str(dev)
+
+
+def _seed_from(random_state):
+    if random_state is None:
+        return int(np.random.SeedSequence().generate_state(1)[0])
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(np.iinfo(np.int32).max))
+    return int(random_state)
+
+
+# ---------------------------------------------------------------------------------------------
+# skorch pieces
+# ---------------------------------------------------------------------------------------------
+
+
+class TrainingInterrupted(UserWarning):
+    """Warned when ``fit`` is stopped by KeyboardInterrupt."""
+
+
+class _TransferSkorchNet(NeuralNet):
+    """skorch ``NeuralNet`` that optimises only trainable parameters and survives Ctrl-C."""
+
+    def get_all_learnable_params(self):
+        for name, param in self.module_.named_parameters():
+            if param.requires_grad:
+                yield name, param
+
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        self.interrupted_ = False
+        try:
+            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        except KeyboardInterrupt:
+            self.interrupted_ = True
+            snap = getattr(self, "_last_epoch_state", None)
+            if snap is not None:
+                self.module_.load_state_dict(snap)
+            # drop the partial epoch from the history
+            if len(self.history) and "train_loss" not in self.history[-1]:
+                self.history.pop()
+            warnings.warn(
+                f"Training interrupted by user after {len(self.history)} complete epoch(s); "
+                "the model of the last completed epoch is kept.",
+                TrainingInterrupted,
+                stacklevel=2,
+            )
+            raise _Interrupted from None
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _Guard(Callback):
+    """Stops at the first non-finite loss and snapshots each completed epoch."""
+
+    def on_train_begin(self, net, **kwargs):
+        self._batch = 0
+        net._last_epoch_state = None
+
+    def on_epoch_begin(self, net, **kwargs):
+        self._batch = 0
+
+    def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs):
+        if not training:
+            return
+        self._batch += 1
+        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        if not np.isfinite(value):
+            raise FloatingPointError(
+                f"Training loss became {value} at epoch {len(net.history)}, batch "
+                f"{self._batch}; stopped before the weights were corrupted further. Lower lr "
+                f"(now {net.lr}), or check X and y for extreme values."
+            )
+
+    def on_epoch_end(self, net, **kwargs):
+        net._last_epoch_state = {
+            k: v.detach().clone() for k, v in net.module_.state_dict().items()
+        }
+
+
+class _ValidAccuracy(Callback):
+    """Validation accuracy from the predictions skorch already computed."""
+
+    def on_epoch_begin(self, net, **kwargs):
+        self._correct = 0
+        self._n = 0
+
+    def on_batch_end(self, net, batch=None, training=None, y_pred=None, **kwargs):
+        if training or y_pred is None:
+            return
+        yb = batch[1].to(y_pred.device)
+        self._correct += int((y_pred.argmax(1) == yb).sum())
+        self._n += len(yb)
+
+    def on_epoch_end(self, net, **kwargs):
+        if self._n:
+            net.history.record("valid_acc", self._correct / self._n)
+
+
+# ---------------------------------------------------------------------------------------------
+# The mixin
+# ---------------------------------------------------------------------------------------------
+
+_COMMON_CONSTRAINTS = {
+    "backbone": [str, callable],
+    "weights": [str, os.PathLike, None],
+    "freeze_depth": [StrOptions({"all"}), Interval(numbers.Integral, None, None, closed="neither")],
+    "lr": [Interval(numbers.Real, 0, None, closed="neither")],
+    "momentum": [Interval(numbers.Real, 0, 1, closed="left")],
+    "optimizer": [StrOptions({"sgd", "adamw"})],
+    "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+    "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+    "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+    "input_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
+    "input_shape": [tuple, list, None],
+    "grayscale": [StrOptions({"repeat", "adapt"})],
+    "train_bn": ["boolean"],
+    "bn_momentum": [Interval(numbers.Real, 0, 1, closed="both"), None],
+    "early_stopping": ["boolean"],
+    "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
+    "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
+    "tol": [Interval(numbers.Real, 0, None, closed="left")],
+    "cache": ["boolean"],
+    "memory": [None, str, HasMethods(["cache"])],
+    "device": [str],
+    "random_state": ["random_state"],
+    "verbose": ["verbose"],
+    "callbacks": [list, None],
+    "warm_start": ["boolean"],
+}
+
+
+class TransferEstimatorMixin:
+    """Fit/predict machinery shared by :class:`TransferClassifier` and
+    :class:`TransferRegressor`. Subclasses define ``_encode_y``, ``_criterion`` and the public
+    prediction methods."""
+
+    _parameter_constraints = dict(_COMMON_CONSTRAINTS)
+
+    # -- hooks for subclasses -------------------------------------------------------------
+    _is_classifier = False
+
+    def _n_outputs(self):
+        raise NotImplementedError
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _build_network(self, spec, n_outputs, sample, *, weights, n_frozen=None):
+        """Resolve the backbone and assemble the ``TransferNet``.
+
+        Returns ``(net, backbone, n_frozen, n_features)``.
+        """
+        bb = get_backbone(self.backbone, weights=weights)
+        k = n_frozen_stages(self.freeze_depth, bb.stage_names) if n_frozen is None else n_frozen
+        if bb.input_kind != spec["kind"]:
+            raise ValueError(f"Backbone {bb.name!r} takes {bb.input_kind} input.")
+        pre = bb.preprocessing
+        in_channels = pre.in_channels
+        if (
+            bb.input_kind == "image"
+            and self.grayscale == "adapt"
+            and spec.get("channels") in (1, 2)
+            and in_channels == 3
+        ):
+            _adapt_stem_to_gray(bb.stages)
+            in_channels = 1
+        size = self.input_size
+        if size is None and bb.name.startswith(("vit_",)) and pre.input_size:
+            size = pre.input_size
+        preprocess = Preprocess(
+            spec,
+            in_channels=in_channels,
+            size=size,
+            mean=pre.mean,
+            std=pre.std,
+            channels_last=self._channels_last(bb),
+        )
+        try:
+            feats = dry_run(nn.Sequential(preprocess, *bb.stages.values()), sample)
+        except (RuntimeError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"Backbone {bb.name!r} cannot process inputs of per-sample shape "
+                f"{tuple(sample.shape[1:])} (after preprocessing: {exc}). Check the image size "
+                "(set input_size=...), the channel layout, or input_shape."
+            ) from exc
+        if feats.dim() != 2:
+            feats = feats.flatten(1)
+            bb.stages[bb.stage_names[-1]] = nn.Sequential(
+                bb.stages[bb.stage_names[-1]], nn.Flatten(1)
+            )
+        nf = int(feats.shape[1])
+        head = nn.Linear(nf, n_outputs)
+        net = TransferNet(
+            preprocess,
+            bb.stages,
+            head,
+            n_frozen=k,
+            train_bn=self.train_bn,
+            bn_momentum=self.bn_momentum,
+        )
+        return net, bb, k, nf
+
+    def _channels_last(self, bb):
+        return bb.input_kind == "image" and any(
+            isinstance(m, nn.Conv2d) for s in bb.stages.values() for m in s.modules()
+        )
+
+    # -- fit ----------------------------------------------------------------------------------
+
+    def _check_y_present(self, y):
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None."
+            )
+
+    def _fit(self, X, y):
+        self._check_y_present(y)
+        input_kind = self._input_kind()
+        X, spec = check_input(
+            X, input_kind=input_kind, input_shape=self.input_shape, estimator=self
+        )
+        y_enc, y_meta = self._encode_y(y, n_samples=X.shape[0])
+        device = resolve_device(self.device)
+        seed = _seed_from(self.random_state)
+        with preserved_global_state(device):
+            torch.manual_seed(seed)
+            fitted = self._train(X, y_enc, spec, device, seed)
+        # Only now, with training finished, does the estimator change: an error above leaves
+        # a previous fit intact.
+        for key, value in y_meta.items():
+            setattr(self, key, value)
+        for key, value in fitted.items():
+            setattr(self, key, value)
+        self.device_ = device
+        self.input_spec_ = dict(spec)
+        self.n_features_in_ = int(np.prod(X.shape[1:]))
+        return self
+
+    def _input_kind(self):
+        if isinstance(self.backbone, str):
+            from .backbones import _REGISTRY
+
+            entry = _REGISTRY.get(self.backbone)
+            return entry.input_kind if entry is not None else "image"
+        return get_backbone(self.backbone, weights=None).input_kind
+
+    def _train(self, X, y, spec, device, seed):
+        n = X.shape[0]
+        sample = torch.from_numpy(np.ascontiguousarray(X[: min(n, 2)]))
+        warm = self.warm_start and hasattr(self, "module_")
+        if warm:
+            net = copy.deepcopy(self.module_)
+            old_spec = self.input_spec_
+            if tuple(old_spec["sample_shape"]) != tuple(spec["sample_shape"]):
+                raise ValueError(
+                    "warm_start=True needs X of the per-sample shape seen before: "
+                    f"{tuple(old_spec['sample_shape'])}, got {tuple(spec['sample_shape'])}."
+                )
+            k = n_frozen_stages(self.freeze_depth, list(self.stage_names_))
+            net.refreeze(k, train_bn=self.train_bn, bn_momentum=self.bn_momentum)
+            backbone_name, nf, weights_desc = self.backbone_name_, self.n_features_out_, \
+                self.weights_
+            if self._n_outputs_of(y) != net.head.out_features:
+                raise ValueError("warm_start=True needs the same number of outputs as before.")
+        else:
+            net, bb, k, nf = self._build_network(
+                spec, self._n_outputs_of(y), sample, weights=self.weights
+            )
+            backbone_name, weights_desc = bb.name, bb.weights
+        net.to(device)
+
+        # training/validation split
+        valid_idx = None
+        train_idx = np.arange(n)
+        if self.early_stopping:
+            train_idx, valid_idx = self._validation_split(y, seed)
+        n_train = len(train_idx)
+        has_trainable_bn = any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for s in list(net.stages)[k:]
+            for m in s.modules()
+        ) or (self.train_bn and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.stages.modules()))
+        if has_trainable_bn and n_train == 1:
+            raise ValueError(
+                "Cannot train BatchNorm layers on 1 sample: fit needs at least 2 training "
+                "samples (or freeze the stages with BatchNorm, e.g. freeze_depth='all')."
+            )
+        drop_last = has_trainable_bn and n_train % self.batch_size == 1
+
+        # frozen-prefix cache: train the later stages on stored activations
+        use_cache = self.cache and not warm and frozen_prefix_is_exact(net, k)
+        cache_key = None
+        if use_cache:
+            cache_key = caching.prefix_key(
+                self, backbone_name, weights_desc, spec, k, seed if self.weights is None else None
+            )
+            Xt = caching.prefix_activations(
+                net, k, X, key=cache_key, device=device, batch_size=self._infer_batch_size(),
+                memory=self.memory,
+            )
+        if use_cache and Xt is not None:
+            net.start = k
+        else:
+            Xt, cache_key = X, None
+        train_ds = ArrayDataset(Xt[train_idx] if valid_idx is not None else Xt,
+                                y[train_idx] if valid_idx is not None else y)
+        callbacks = [("guard", _Guard())]
+        train_split = None
+        if valid_idx is not None:
+            train_split = predefined_split(ArrayDataset(Xt[valid_idx], y[valid_idx]))
+            if self._is_classifier:
+                callbacks.append(("valid_acc", _ValidAccuracy()))
+            callbacks.append(
+                (
+                    "early_stopping",
+                    EarlyStopping(
+                        monitor="valid_loss",
+                        patience=self.n_iter_no_change,
+                        threshold=self.tol,
+                        threshold_mode="abs",
+                        load_best=True,
+                        sink=lambda *a, **k: None,
+                    ),
+                )
+            )
+        if self.verbose and int(self.verbose) >= 2:
+            callbacks.append(("progress", ProgressBar()))
+        for i, cb in enumerate(self.callbacks or []):
+            callbacks.append(cb if isinstance(cb, tuple) else (f"user_{i}", copy.deepcopy(cb)))
+
+        skorch_net = self._make_skorch_net(
+            net, y, device, seed, callbacks=callbacks, train_split=train_split,
+            drop_last=drop_last,
+        )
+        interrupted = False
+        try:
+            skorch_net.fit(train_ds, None)
+        except _Interrupted:
+            interrupted = True
+        finally:
+            net.start = 0
+        if interrupted and len(skorch_net.history) == 0:
+            raise KeyboardInterrupt(
+                "Training interrupted by user before the first epoch completed; the estimator "
+                "is unchanged."
+            )
+        net.eval()
+        return {
+            "net_": skorch_net,
+            "module_": net,
+            "backbone_name_": backbone_name,
+            "weights_": weights_desc,
+            "stage_names_": list(net.stages._modules),
+            "n_frozen_stages_": k,
+            "n_features_out_": nf,
+            "history_": _history_rows(skorch_net.history),
+            "n_iter_": len(skorch_net.history),
+            "cache_key_": cache_key,
+            "interrupted_": interrupted,
+        }
+
+    def _make_skorch_net(self, net, y, device, seed, *, callbacks=(), train_split=None,
+                         drop_last=False):
+        generator = torch.Generator().manual_seed(seed)
+        optimizer_kwargs = {"weight_decay": self.weight_decay}
+        if self.optimizer == "sgd":
+            optimizer = torch.optim.SGD
+            optimizer_kwargs["momentum"] = self.momentum
+        else:
+            optimizer = torch.optim.AdamW
+            optimizer_kwargs["betas"] = (self.momentum, 0.999)
+        return _TransferSkorchNet(
+            module=net,
+            criterion=self._criterion(y),
+            optimizer=optimizer,
+            lr=self.lr,
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            iterator_train__shuffle=True,
+            iterator_train__generator=generator,
+            iterator_train__collate_fn=collate_batch,
+            iterator_train__drop_last=drop_last,
+            iterator_valid__collate_fn=collate_batch,
+            train_split=train_split,
+            callbacks=list(callbacks),
+            device=device,
+            verbose=int(self.verbose) if self.verbose else 0,
+            **{f"optimizer__{k_}": v for k_, v in optimizer_kwargs.items()},
+        )
+
+    def _wrap_in_skorch(self, module):
+        """A skorch net around an already trained module (after unpickling or loading)."""
+        skorch_net = self._make_skorch_net(module, None, self.device_, 0)
+        skorch_net.initialize()
+        for row in self.history_:
+            skorch_net.history.new_epoch()
+            for key, value in row.items():
+                skorch_net.history.record(key, value)
+        return skorch_net
+
+    def _n_outputs_of(self, y):
+        return self._n_outputs(y)
+
+    def _validation_split(self, y, seed):
+        from sklearn.model_selection import train_test_split
+
+        idx = np.arange(len(y))
+        stratify = None
+        if self._is_classifier:
+            counts = np.bincount(y)
+            n_valid = int(np.ceil(self.validation_fraction * len(y)))
+            if counts[counts > 0].min() >= 2 and n_valid >= len(counts[counts > 0]):
+                stratify = y
+            else:
+                warnings.warn(
+                    "early_stopping: a class has fewer than 2 samples (or the validation set is "
+                    "smaller than the number of classes), so the validation split is not "
+                    "stratified.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+        try:
+            tr, va = train_test_split(
+                idx, test_size=self.validation_fraction, random_state=seed, stratify=stratify
+            )
+        except ValueError as exc:
+            raise ValueError(
+                f"early_stopping needs a validation split of {self.validation_fraction} of "
+                f"{len(y)} samples: {exc} Use more data or early_stopping=False."
+            ) from exc
+        if len(tr) == 0 or len(va) == 0:
+            raise ValueError(
+                f"early_stopping: validation_fraction={self.validation_fraction} of {len(y)} "
+                "samples leaves an empty training or validation set."
+            )
+        return np.sort(tr), np.sort(va)
+
+    def _infer_batch_size(self):
+        return max(int(self.batch_size), 64)
+
+    # -- predict ------------------------------------------------------------------------------
+
+    def _check_fitted(self):
+        check_is_fitted(self, "module_")
+
+    def _forward(self, X):
+        """Raw network outputs (logits or scaled regression outputs) for X, as a numpy array."""
+        self._check_fitted()
+        X = check_same_input(
+            X,
+            self.input_spec_,
+            input_kind=self.input_spec_["kind"],
+            input_shape=self.input_shape,
+            estimator=self,
+            resize=self.input_size is not None,
+        )
+        net = self.module_
+        net.eval()
+        with preserved_global_state(self.device_):
+            k = self.n_frozen_stages_
+            if self.cache and self.cache_key_ is not None and k > 0:
+                acts = caching.prefix_activations(
+                    net, k, X, key=self.cache_key_, device=self.device_,
+                    batch_size=self._infer_batch_size(), memory=self.memory,
+                )
+                return _batched_forward(net, acts, self.device_, self._infer_batch_size(),
+                                        start=k)
+            return _batched_forward(net, X, self.device_, self._infer_batch_size(), start=0)
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if "module_" in state:
+            module = state.pop("module_")
+            state.pop("net_", None)
+            state["_module_state"] = {
+                k: v.detach().cpu().numpy() for k, v in module.state_dict().items()
+            }
+        return state
+
+    def __setstate__(self, state):
+        module_state = state.pop("_module_state", None)
+        self.__dict__.update(state)
+        if module_state is not None:
+            from .persistence import rebuild_module
+
+            self.module_ = rebuild_module(self, module_state)
+            self.net_ = self._wrap_in_skorch(self.module_)
+
+    # -- tags -----------------------------------------------------------------------------------
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+
+def _history_rows(history):
+    keep = ("epoch", "train_loss", "valid_loss", "valid_acc", "dur")
+    return [{k: row[k] for k in keep if k in row} for row in history]
+
+
+def _batched_forward(net, X, device, batch_size, start=0):
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(X), batch_size):
+            xb = X[i : i + batch_size]
+            if isinstance(xb, np.ndarray):
+                xb = torch.from_numpy(np.ascontiguousarray(xb))
+            out = net(xb.to(device, non_blocking=True), start=start)
+            outs.append(out.float().cpu())
+    return torch.cat(outs).numpy()
+
+
+def _adapt_stem_to_gray(stages):
+    """Replace the first 3-channel convolution by a 1-channel one with summed RGB weights."""
+    for stage in stages.values():
+        for parent in stage.modules():
+            for name, child in parent.named_children():
+                if isinstance(child, nn.Conv2d) and child.in_channels == 3:
+                    new = copy.deepcopy(child)
+                    new.in_channels = 1
+                    new.weight = nn.Parameter(child.weight.detach().sum(1, keepdim=True))
+                    setattr(parent, name, new)
+                    return
+    raise ValueError(
+        "grayscale='adapt' needs a 3-channel input convolution in the backbone; none was "
+        "found. Use grayscale='repeat'."
+    )
+
+
+def not_fitted_error(est):
+    return NotFittedError(
+        f"This {type(est).__name__} instance is not fitted yet. Call 'fit' first."
+    )
+
+
+BaseEstimator  # re-exported for subclasses' MRO clarity

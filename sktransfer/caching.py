@@ -1,0 +1,252 @@
+"""Frozen-prefix activation cache. Pure PyTorch/numpy.
+
+When the first ``k`` stages of a network are frozen and run in eval mode, their output for a
+sample never changes during training. Fine-tuning then only needs those outputs, computed once.
+This module stores them per sample (keyed by a digest of the sample's bytes) and per prefix (a
+key naming backbone, weights, preprocessing and depth), so that GridSearchCV folds and candidates
+that share a prefix pass each image through it once per process. A folder (``memory``) shares
+them between processes.
+
+Memory is bounded by :func:`set_cache_options` (``max_bytes``; float16 storage optional). When a
+request would exceed the budget, older prefixes are evicted; when one data set alone would exceed
+it, no activations are stored and training recomputes the prefix every epoch instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+__all__ = ["cache_info", "clear_cache", "set_cache_options"]
+
+
+def _default_budget():
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 * 2**30
+    return int(min(2 * 2**30, total // 4))
+
+
+_OPTIONS = {"max_bytes": _default_budget(), "dtype": "float32"}
+
+
+def set_cache_options(*, max_bytes=None, dtype=None):
+    """Configure the process-wide activation cache.
+
+    Parameters
+    ----------
+    max_bytes : int, default=None
+        Budget for stored activations (default: a quarter of RAM, at most 2 GiB).
+    dtype : {"float32", "float16"}, default=None
+        Storage type. ``"float16"`` halves memory but makes cached training differ from
+        uncached training by float16 rounding; ``"float32"`` (the default) is exact.
+
+    Examples
+    --------
+    >>> from sktransfer.caching import set_cache_options, cache_info
+    >>> set_cache_options(max_bytes=2**30)
+    >>> cache_info()["max_bytes"]
+    1073741824
+    """
+    if max_bytes is not None:
+        if int(max_bytes) < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}.")
+        _OPTIONS["max_bytes"] = int(max_bytes)
+    if dtype is not None:
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}.")
+        _OPTIONS["dtype"] = dtype
+    _CACHE.shrink_to(_OPTIONS["max_bytes"])
+
+
+class _ActivationCache:
+    def __init__(self):
+        self._stores: OrderedDict[str, dict] = OrderedDict()
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+        self.computed = 0
+        self._lock = threading.Lock()
+
+    def get(self, key, digests):
+        with self._lock:
+            store = self._stores.get(key)
+            if store is None:
+                self.misses += len(digests)
+                return [None] * len(digests)
+            self._stores.move_to_end(key)
+            rows = [store.get(d) for d in digests]
+            found = sum(r is not None for r in rows)
+            self.hits += found
+            self.misses += len(rows) - found
+            return rows
+
+    def put(self, key, digests, rows):
+        budget = _OPTIONS["max_bytes"]
+        add = sum(r.numel() * r.element_size() for r in rows)
+        with self._lock:
+            if add > budget:
+                return False
+            while self.nbytes + add > budget and self._stores:
+                oldest = next(iter(self._stores))
+                if oldest == key and len(self._stores) == 1:
+                    break
+                self._drop(oldest)
+            if self.nbytes + add > budget:
+                return False
+            store = self._stores.setdefault(key, {})
+            for d, r in zip(digests, rows):
+                if d not in store:
+                    store[d] = r
+                    self.nbytes += r.numel() * r.element_size()
+            return True
+
+    def _drop(self, key):
+        store = self._stores.pop(key)
+        self.nbytes -= sum(r.numel() * r.element_size() for r in store.values())
+
+    def shrink_to(self, budget):
+        with self._lock:
+            while self.nbytes > budget and self._stores:
+                self._drop(next(iter(self._stores)))
+
+    def clear(self):
+        with self._lock:
+            self._stores.clear()
+            self.nbytes = 0
+            self.hits = self.misses = self.computed = 0
+
+
+_CACHE = _ActivationCache()
+
+
+def clear_cache():
+    """Empty the in-process activation cache."""
+    _CACHE.clear()
+
+
+def cache_info():
+    """Counters of the in-process cache: ``hits``, ``misses``, ``computed`` (samples passed
+    through a prefix), ``nbytes``, ``prefixes``, ``max_bytes``, ``dtype``."""
+    return {
+        "hits": _CACHE.hits,
+        "misses": _CACHE.misses,
+        "computed": _CACHE.computed,
+        "nbytes": _CACHE.nbytes,
+        "prefixes": len(_CACHE._stores),
+        "max_bytes": _OPTIONS["max_bytes"],
+        "dtype": _OPTIONS["dtype"],
+    }
+
+
+def prefix_key(est, backbone_name, weights_desc, spec, k, seed):
+    """A string naming everything the prefix output depends on."""
+    parts = {
+        "backbone": backbone_name,
+        "weights": weights_desc,
+        "seed": seed,
+        "spec": {key: (list(v) if isinstance(v, tuple) else v) for key, v in spec.items()},
+        "input_size": est.input_size,
+        "grayscale": est.grayscale,
+        "k": k,
+        "torch": torch.__version__,
+    }
+    if weights_desc and os.path.isfile(str(weights_desc)):
+        st = os.stat(str(weights_desc))
+        parts["weights_file"] = [st.st_size, st.st_mtime_ns]
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def sample_digests(X):
+    """One 16-byte digest per sample of X (its bytes, dtype and shape)."""
+    tag = f"{X.dtype}{X.shape[1:]}".encode()
+    out = []
+    for i in range(len(X)):
+        h = hashlib.blake2b(tag, digest_size=16)
+        h.update(np.ascontiguousarray(X[i]).data)
+        out.append(h.digest())
+    return out
+
+
+def _memory_dir(memory, key):
+    if memory is None:
+        return None
+    location = getattr(memory, "location", memory)
+    if location is None:
+        return None
+    path = os.path.join(str(location), "sktransfer_activations", key)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _read_disk(folder, digest):
+    path = os.path.join(folder, digest.hex() + ".npy")
+    try:
+        return torch.from_numpy(np.load(path, allow_pickle=False))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_disk(folder, digest, row):
+    path = os.path.join(folder, digest.hex() + ".npy")
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(tmp, "wb") as fh:
+        np.save(fh, row.numpy(), allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def prefix_activations(net, k, X, *, key, device, batch_size, memory=None):
+    """Output of ``net.prefix(., k)`` for every sample of X, as a float32 CPU tensor.
+
+    Returns ``None`` when the activations of X alone would exceed the cache budget: the caller
+    then trains on X and recomputes the prefix, rather than risking memory.
+    """
+    digests = sample_digests(X)
+    rows = _CACHE.get(key, digests)
+    folder = _memory_dir(memory, key)
+    if folder is not None:
+        for i, r in enumerate(rows):
+            if r is None:
+                rows[i] = _read_disk(folder, digests[i])
+    missing = [i for i, r in enumerate(rows) if r is None]
+    store_dtype = torch.float16 if _OPTIONS["dtype"] == "float16" else torch.float32
+    new_rows = []
+    if missing:
+        was = net.training
+        net.eval()
+        try:
+            with torch.inference_mode():
+                first = True
+                for s in range(0, len(missing), batch_size):
+                    idx = missing[s : s + batch_size]
+                    xb = torch.from_numpy(np.ascontiguousarray(X[np.asarray(idx)]))
+                    out = net.prefix(xb.to(device), k).to("cpu", torch.float32)
+                    if first:
+                        per_sample = out[0].numel() * 4
+                        if per_sample * len(X) > _OPTIONS["max_bytes"]:
+                            return None
+                        first = False
+                    for j, i in enumerate(idx):
+                        row = out[j].contiguous().clone()
+                        if store_dtype != torch.float32:
+                            row = row.to(store_dtype)
+                        rows[i] = row
+                        new_rows.append(i)
+        finally:
+            net.train(was)
+        _CACHE.computed += len(missing)
+        _CACHE.put(key, [digests[i] for i in new_rows], [rows[i] for i in new_rows])
+        if folder is not None:
+            for i in new_rows:
+                _write_disk(folder, digests[i], rows[i])
+    if len(rows) and rows[0].numel() * 4 * len(rows) > _OPTIONS["max_bytes"]:
+        return None
+    return torch.stack([r.to(torch.float32) for r in rows])

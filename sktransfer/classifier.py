@@ -1,0 +1,312 @@
+"""TransferClassifier: fine-tune a pretrained backbone for classification."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import column_or_1d
+
+from ._base import TransferEstimatorMixin
+from ._compat import StrOptions, _fit_context
+
+__all__ = ["TransferClassifier"]
+
+
+class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator):
+    """Fine-tune a pretrained network for classification, scikit-learn style.
+
+    The backbone keeps its pretrained structure and weights; its classification head is
+    replaced by a new linear layer with one output per class, and the last stages (or all of
+    them) are trained with SGD and momentum on cross-entropy.
+
+    Parameters
+    ----------
+    backbone : str or callable, default="efficientnet_lite0"
+        A registered name (:func:`~sktransfer.list_backbones`), a torchvision classification
+        model name, ``"timm:<name>"``, or a callable returning an ``nn.Module``.
+    weights : str, path-like or None, default="DEFAULT"
+        ``"DEFAULT"`` (or a torchvision weights name) for the pretrained weights, a local
+        ``.safetensors``/``.pt``/``.pth`` file, or ``None`` for random initialisation.
+    freeze_depth : int or "all", default=-1
+        ``k >= 0`` freezes the first ``k`` stages (0 fine-tunes everything); ``-k`` trains only
+        the last ``k`` stages; ``"all"`` trains the new head alone (a linear probe).
+    lr : float, default=0.01
+        Learning rate.
+    momentum : float, default=0.9
+        SGD momentum (for ``optimizer="adamw"``: the first Adam beta).
+    optimizer : {"sgd", "adamw"}, default="sgd"
+        The optimiser.
+    weight_decay : float, default=0.0
+        L2 penalty (decoupled for AdamW).
+    max_epochs : int, default=10
+        Passes over the training data.
+    batch_size : int, default=32
+        Samples per optimiser step.
+    input_size : int or None, default=None
+        Resize every image to ``input_size x input_size`` (per batch, bilinear, antialiased).
+        ``None`` keeps array images at their own size.
+    input_shape : tuple or None, default=None
+        ``(H, W)`` or ``(H, W, C)``: reshape each row of a 2-D X into an image, so that e.g.
+        ``load_digits().data`` works with ``input_shape=(8, 8)``.
+    grayscale : {"repeat", "adapt"}, default="repeat"
+        Single-channel images for an RGB backbone: repeat the channel three times, or adapt
+        the stem convolution by summing its RGB weights (as timm's ``adapt_input_conv``).
+    train_bn : bool, default=False
+        Let BatchNorm layers of frozen stages update their running statistics.
+    bn_momentum : float or None, default=0.1
+        Momentum of trainable BatchNorm layers (``None`` keeps the checkpoint's).
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes in the loss.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training data (stratified, seeded) and stop
+        when the validation loss has not improved by ``tol`` for ``n_iter_no_change`` epochs;
+        the best epoch's weights are restored.
+    validation_fraction : float, default=0.1
+        Share of the training data held out for early stopping.
+    n_iter_no_change : int, default=5
+        Patience of early stopping, in epochs.
+    tol : float, default=1e-4
+        Minimum improvement of the validation loss.
+    cache : bool, default=True
+        Compute the outputs of frozen stages once and train the rest on them (exact; see
+        :mod:`sktransfer.caching`). Disabled automatically when it would not be exact.
+    memory : str, joblib.Memory or None, default=None
+        Folder in which frozen-stage outputs are shared between processes.
+    device : str, default="auto"
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    random_state : int, RandomState instance or None, default=None
+        Seeds head initialisation, shuffling and splits. Fits with the same value are
+        bitwise identical on CPU.
+    verbose : int, default=0
+        0 is silent, 1 prints the epoch table, 2 adds a progress bar.
+    callbacks : list or None, default=None
+        Extra skorch callbacks (instances or ``(name, callback)`` tuples).
+    warm_start : bool, default=False
+        Continue from the previous fit instead of the pretrained weights and a fresh head.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Class labels, in their original dtype.
+    net_ : skorch.NeuralNet
+        The trained skorch net (its ``history`` has the per-epoch log).
+    module_ : torch.nn.Module
+        The trained network: preprocessing, backbone stages, new head.
+    device_ : str
+        Device the model lives on.
+    stage_names_ : list of str
+        The backbone's stages, input first.
+    n_frozen_stages_ : int
+        How many leading stages were frozen.
+    n_features_out_ : int
+        Size of the backbone features feeding the head.
+    history_ : list of dict
+        Per-epoch ``train_loss`` (and ``valid_loss``, ``valid_acc`` with early stopping).
+    n_iter_ : int
+        Epochs run.
+    n_features_in_ : int
+        Values per sample seen in ``fit``.
+    input_spec_ : dict
+        Layout, per-sample shape and scaling of the training input.
+
+    See Also
+    --------
+    TransferRegressor : The same for regression.
+    TransferFeatures : Frozen backbone features for any scikit-learn model.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sktransfer import TransferClassifier
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.rand(40, 16, 16, 3).astype(np.float32)
+    >>> y = np.array(["cat", "dog"] * 20)
+    >>> clf = TransferClassifier("test_cnn", weights=None, max_epochs=2, random_state=0)
+    >>> clf.fit(X, y).predict(X[:3]).tolist()
+    ['cat', 'cat', 'cat']
+    >>> clf.predict_proba(X[:1]).shape
+    (1, 2)
+    """
+
+    _parameter_constraints = {
+        **TransferEstimatorMixin._parameter_constraints,
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+    }
+    _is_classifier = True
+
+    def __init__(
+        self,
+        backbone="efficientnet_lite0",
+        *,
+        weights="DEFAULT",
+        freeze_depth=-1,
+        lr=0.01,
+        momentum=0.9,
+        optimizer="sgd",
+        weight_decay=0.0,
+        max_epochs=10,
+        batch_size=32,
+        input_size=None,
+        input_shape=None,
+        grayscale="repeat",
+        train_bn=False,
+        bn_momentum=0.1,
+        class_weight=None,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=5,
+        tol=1e-4,
+        cache=True,
+        memory=None,
+        device="auto",
+        random_state=None,
+        verbose=0,
+        callbacks=None,
+        warm_start=False,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.freeze_depth = freeze_depth
+        self.lr = lr
+        self.momentum = momentum
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.input_size = input_size
+        self.input_shape = input_shape
+        self.grayscale = grayscale
+        self.train_bn = train_bn
+        self.bn_momentum = bn_momentum
+        self.class_weight = class_weight
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.cache = cache
+        self.memory = memory
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        self.callbacks = callbacks
+        self.warm_start = warm_start
+
+    # -- labels ---------------------------------------------------------------------------
+
+    def _encode_y(self, y, n_samples):
+        y = np.asarray(y) if not hasattr(y, "iloc") else y.to_numpy()
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        elif y.ndim != 1:
+            raise ValueError(
+                f"y must be 1-D (one label per sample), got shape {y.shape}. Multi-output "
+                "classification is not supported."
+            )
+        if len(y) != n_samples:
+            raise ValueError(
+                f"Found input variables with inconsistent numbers of samples: [{n_samples}, "
+                f"{len(y)}]"
+            )
+        if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+            raise ValueError("Input y contains NaN or infinity.")
+        check_classification_targets(y)
+        if type_of_target(y) not in ("binary", "multiclass"):
+            raise ValueError(f"Unknown label type: {type_of_target(y)!r}.")
+        encoder = LabelEncoder()
+        y_enc = encoder.fit_transform(y).astype(np.int64)
+        classes = encoder.classes_
+        if len(classes) < 2:
+            raise ValueError(
+                f"The training data has only one class ({classes[0]!r}); a classifier needs "
+                "at least 2 classes."
+            )
+        self._class_weight_values = self._compute_class_weight(classes, y_enc)
+        return y_enc, {"classes_": classes}
+
+    def _compute_class_weight(self, classes, y_enc):
+        if self.class_weight is None:
+            return None
+        if self.class_weight == "balanced":
+            return compute_class_weight("balanced", classes=np.arange(len(classes)), y=y_enc)
+        unknown = [k for k in self.class_weight if k not in set(classes.tolist())]
+        if unknown:
+            raise ValueError(
+                f"class_weight names labels {unknown} that are not in y; classes are "
+                f"{classes.tolist()}."
+            )
+        return np.array([float(self.class_weight.get(c, 1.0)) for c in classes.tolist()])
+
+    def _n_outputs(self, y):
+        return int(y.max()) + 1 if y is not None else len(self.classes_)
+
+    def _n_outputs_fitted(self):
+        return len(self.classes_)
+
+    def _criterion(self, y):
+        weights = getattr(self, "_class_weight_values", None) if y is not None else None
+        if weights is None:
+            return torch.nn.CrossEntropyLoss
+        return lambda: torch.nn.CrossEntropyLoss(
+            weight=torch.as_tensor(weights, dtype=torch.float32)
+        )
+
+    # -- public API -----------------------------------------------------------------------
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y):
+        """Fine-tune on images (or vectors) X and labels y.
+
+        Parameters
+        ----------
+        X : array-like
+            Images ``(N, H, W, C)``, ``(N, C, H, W)`` or ``(N, H, W)``; or ``(N, F)`` vectors.
+        y : array-like of shape (n_samples,)
+            Labels of any type.
+
+        Returns
+        -------
+        self : TransferClassifier
+            The fitted estimator.
+        """
+        self._class_weight_values = None
+        return self._fit(X, y)
+
+    def predict_proba(self, X):
+        """Class probabilities, columns in the order of ``classes_``.
+
+        Parameters
+        ----------
+        X : array-like
+            Inputs shaped like those given to ``fit``.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            Rows sum to 1.
+        """
+        logits = torch.from_numpy(self._forward(X))
+        return torch.softmax(logits.double(), dim=1).numpy()
+
+    def predict_log_proba(self, X):
+        """Log of :meth:`predict_proba`."""
+        logits = torch.from_numpy(self._forward(X))
+        return torch.log_softmax(logits.double(), dim=1).numpy()
+
+    def predict(self, X):
+        """Predicted labels, from ``classes_``.
+
+        Parameters
+        ----------
+        X : array-like
+            Inputs shaped like those given to ``fit``.
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,)
+            Labels in the original dtype.
+        """
+        return self.classes_[np.argmax(self._forward(X), axis=1)]

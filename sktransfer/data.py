@@ -1,0 +1,264 @@
+"""X in the forms users hold it -> batches the backbone can eat. Pure numpy/PyTorch.
+
+Rules (the user guide repeats them):
+
+* ``uint8`` (and other integer) images are in [0, 255], ``uint16`` in [0, 65535]; float and bool
+  images are in [0, 1]. Vectors for vector backbones are used as they are.
+* 4-D arrays are ``(N, H, W, C)`` when the last axis has 1-4 entries, else ``(N, C, H, W)``;
+  3-D arrays are grayscale ``(N, H, W)``; 2-D arrays go to vector backbones as they are, or to
+  image backbones reshaped by ``input_shape=(H, W)`` or ``(H, W, C)``.
+* Channels: grayscale is repeated to RGB (or the stem convolution is adapted, see
+  ``grayscale="adapt"``); RGBA drops alpha; gray+alpha keeps gray.
+* Conversion, resizing (bilinear, antialiased) and normalisation happen per batch inside the
+  network's first module, so a data set is never materialised as float32 at the target size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.utils import check_array
+from torch import nn
+
+__all__ = ["ArrayDataset", "InputSpec", "Preprocess", "check_input", "check_same_input"]
+
+
+class InputSpec(dict):
+    """What ``fit`` saw: layout, per-sample shape, channels and value scale."""
+
+
+def _scale_for(dtype, kind):
+    if kind == "vector":
+        return 1.0
+    if dtype == np.uint16:
+        return 65535.0
+    if np.issubdtype(dtype, np.integer):
+        return 255.0
+    return 1.0
+
+
+def check_input(X, *, input_kind, input_shape=None, estimator=None, reset=True):
+    """Validate X and describe it.
+
+    Returns
+    -------
+    X : ndarray
+        The validated array, uint8 kept as uint8 (no copy when none is needed).
+    spec : InputSpec
+        Layout and scaling to pass to :class:`Preprocess`.
+    """
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    X = check_array(
+        X,
+        accept_sparse=False,
+        dtype=None,
+        allow_nd=True,
+        ensure_all_finite=True,
+        ensure_min_samples=1,
+        ensure_min_features=1,
+        estimator=estimator,
+        input_name="X",
+    )
+    if X.dtype == object or not (
+        np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_
+    ):
+        raise ValueError(
+            f"X must hold numbers, got dtype {X.dtype}. Convert it with np.asarray(X, float)."
+        )
+    if np.iscomplexobj(X):
+        raise ValueError("Complex data not supported; X must be real-valued.")
+    if X.ndim > 4:
+        raise ValueError(
+            f"X has {X.ndim} dimensions; expected 2-D (n_samples, n_features), 3-D grayscale "
+            "images (n_samples, H, W) or 4-D images (n_samples, H, W, C) / (n_samples, C, H, W)."
+        )
+    if any(s == 0 for s in X.shape[1:]):
+        raise ValueError(f"X has shape {X.shape}: 0 feature(s) per sample; nothing to learn from.")
+    spec = InputSpec(kind=input_kind, dtype=str(X.dtype))
+    if input_kind == "vector":
+        if X.ndim != 2:
+            raise ValueError(
+                f"This backbone takes 2-D X (n_samples, n_features), got X of shape {X.shape}. "
+                "Reshape your data, e.g. X.reshape(len(X), -1)."
+            )
+        spec.update(layout="flat", sample_shape=X.shape[1:], channels=None, scale=1.0)
+        return X, spec
+    spec["scale"] = _scale_for(X.dtype, input_kind)
+    if X.ndim == 2:
+        if input_shape is None:
+            raise ValueError(
+                f"X is 2-D {X.shape} but the backbone takes images. Pass input_shape=(H, W) or "
+                "(H, W, C) so each row can be reshaped, or give X as images (N, H, W[, C])."
+            )
+        shape = tuple(int(s) for s in input_shape)
+        if int(np.prod(shape)) != X.shape[1]:
+            raise ValueError(
+                f"input_shape={shape} holds {int(np.prod(shape))} values but X has "
+                f"{X.shape[1]} features per sample."
+            )
+        if len(shape) == 2:
+            spec.update(layout="flat", image_shape=shape, channels=1)
+        elif len(shape) == 3:
+            spec.update(layout="flat", image_shape=shape, channels=shape[-1])
+        else:
+            raise ValueError(f"input_shape must be (H, W) or (H, W, C), got {input_shape!r}.")
+    elif X.ndim == 3:
+        spec.update(layout="nhw", channels=1)
+    else:
+        last, first = X.shape[-1], X.shape[1]
+        if last in (1, 2, 3, 4) and not (first in (1, 2, 3, 4) and last > first):
+            spec.update(layout="nhwc", channels=last)
+        elif first in (1, 2, 3, 4):
+            spec.update(layout="nchw", channels=first)
+        else:
+            raise ValueError(
+                f"Cannot tell the channel axis of X with shape {X.shape}: expected "
+                "(N, H, W, C) or (N, C, H, W) with 1 (gray), 3 (RGB) or 4 (RGBA) channels."
+            )
+    spec["sample_shape"] = X.shape[1:]
+    return X, spec
+
+
+def check_same_input(X, spec, *, input_kind, input_shape=None, estimator=None, resize=False):
+    """Validate X at predict time against the spec recorded by ``fit``."""
+    X, new = check_input(
+        X, input_kind=input_kind, input_shape=input_shape, estimator=estimator, reset=False
+    )
+    expected, got = tuple(spec["sample_shape"]), tuple(new["sample_shape"])
+    if spec["layout"] == "flat" or new["layout"] == "flat":
+        if expected != got:
+            name = type(estimator).__name__ if estimator is not None else "the estimator"
+            raise ValueError(
+                f"X has {got[-1]} features, but {name} is expecting {expected[-1]} features "
+                "as input."
+            )
+        return X
+    if new["channels"] != spec["channels"]:
+        raise ValueError(
+            f"X has {new['channels']} channel(s) per image but the model was fitted on "
+            f"{spec['channels']}: expected per-sample shape {expected}, got {got}."
+        )
+    if not resize and expected != got:
+        raise ValueError(
+            f"X has per-sample shape {got} but the model was fitted on {expected}. Resize the "
+            "images to the fitted size, or fit with input_size=... so every image is resized "
+            "to one size."
+        )
+    return X
+
+
+class Preprocess(nn.Module):
+    """Raw batch -> normalised float batch, on whatever device the batch is on.
+
+    Parameters
+    ----------
+    spec : InputSpec
+        From :func:`check_input`.
+    in_channels : int
+        Channels the backbone's first layer takes.
+    size : int or None
+        Square size to resize to (``None``: keep the input's size).
+    mean, std : tuple or None
+        Normalisation after scaling to [0, 1].
+    channels_last : bool
+        Return a ``channels_last`` tensor (faster convolutions on CPU).
+    """
+
+    def __init__(self, spec, *, in_channels=3, size=None, mean=None, std=None,
+                 channels_last=False):
+        super().__init__()
+        self.kind = spec["kind"]
+        self.layout = spec["layout"]
+        self.image_shape = tuple(spec.get("image_shape") or ())
+        self.scale = float(spec["scale"])
+        self.channels = spec.get("channels")
+        self.in_channels = in_channels
+        self.size = None if size is None else (int(size), int(size))
+        self.channels_last = channels_last
+        if mean is not None:
+            self.register_buffer(
+                "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+            )
+            self.register_buffer(
+                "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+            )
+        else:
+            self.mean = None
+            self.std = None
+
+    def forward(self, x):
+        if x.dtype != torch.float32:
+            x = x.to(torch.float32)
+        if self.kind == "vector":
+            return x
+        if self.scale != 1.0:
+            x = x / self.scale
+        if self.layout == "flat":
+            h, w = self.image_shape[:2]
+            c = self.image_shape[2] if len(self.image_shape) == 3 else 1
+            x = x.reshape(x.shape[0], h, w, c).permute(0, 3, 1, 2)
+        elif self.layout == "nhw":
+            x = x.unsqueeze(1)
+        elif self.layout == "nhwc":
+            x = x.permute(0, 3, 1, 2)
+        c = x.shape[1]
+        if c == 4:
+            x = x[:, :3]
+        elif c == 2:
+            x = x[:, :1]
+        c = x.shape[1]
+        if c == 1 and self.in_channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        elif c == 3 and self.in_channels == 1:
+            w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
+            x = (x * w.view(1, 3, 1, 1)).sum(1, keepdim=True)
+        if self.size is not None and tuple(x.shape[-2:]) != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False,
+                              antialias=True)
+        if self.mean is not None:
+            mean, std = self.mean, self.std
+            if mean.shape[1] != x.shape[1]:
+                mean, std = mean.mean(1, keepdim=True), std.mean(1, keepdim=True)
+            x = (x - mean) / std
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        else:
+            x = x.contiguous()
+        return x
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """Index a numpy array (and targets) without copying it; one sample at a time."""
+
+    def __init__(self, X, y=None):
+        self.X = X
+        self.y = y
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        x = torch.from_numpy(np.array(self.X[i], copy=True))
+        if self.y is None:
+            return x, torch.zeros(())
+        return x, torch.as_tensor(self.y[i])
+
+    def __getitems__(self, indices):
+        # Batch-level indexing: one fancy-index per batch instead of one copy per sample.
+        idx = np.asarray(indices)
+        xb = torch.from_numpy(np.ascontiguousarray(self.X[idx]))
+        yb = torch.zeros(len(idx)) if self.y is None else torch.as_tensor(self.y[idx])
+        return _Batch((xb, yb))
+
+
+class _Batch(tuple):
+    """A batch already assembled by ``__getitems__``."""
+
+
+def collate_batch(items):
+    """DataLoader ``collate_fn`` that accepts whole batches from ``__getitems__``."""
+    if isinstance(items, _Batch):
+        return tuple(items)
+    return torch.utils.data.default_collate(items)
