@@ -28,7 +28,15 @@ from . import caching
 from ._compat import HasMethods, Interval, StrOptions
 from ._network import TransferNet, dry_run, frozen_prefix_is_exact
 from .backbones import get_backbone
-from .data import ArrayDataset, Preprocess, check_input, check_same_input, collate_batch
+from .data import (
+    ArrayDataset,
+    ArraySource,
+    Preprocess,
+    check_input,
+    check_same_input,
+    collate_batch,
+    make_source,
+)
 from .freezing import n_frozen_stages
 
 __all__ = ["TransferEstimatorMixin"]
@@ -326,8 +334,9 @@ class TransferEstimatorMixin:
         return get_backbone(self.backbone, weights=None).input_kind
 
     def _train(self, X, y, spec, device, seed):
-        n = X.shape[0]
-        sample = torch.from_numpy(np.ascontiguousarray(X[: min(n, 2)]))
+        src = make_source(X, spec)
+        n = len(src)
+        sample = src.batch(np.arange(min(n, 2)))
         warm = self.warm_start and hasattr(self, "module_")
         if warm:
             net = copy.deepcopy(self.module_)
@@ -377,19 +386,22 @@ class TransferEstimatorMixin:
                 self, backbone_name, weights_desc, spec, k, seed if self.weights is None else None
             )
             Xt = caching.prefix_activations(
-                net, k, X, key=cache_key, device=device, batch_size=self._infer_batch_size(),
+                net, k, src, key=cache_key, device=device, batch_size=self._infer_batch_size(),
                 memory=self.memory,
             )
         if use_cache and Xt is not None:
             net.start = k
+            Xt = ArraySource(Xt)
         else:
-            Xt, cache_key = X, None
-        train_ds = ArrayDataset(Xt[train_idx] if valid_idx is not None else Xt,
-                                y[train_idx] if valid_idx is not None else y)
+            Xt, cache_key = src, None
+        if valid_idx is not None:
+            train_ds = ArrayDataset(Xt.take(train_idx), y[train_idx])
+        else:
+            train_ds = ArrayDataset(Xt, y)
         callbacks = [("guard", _Guard())]
         train_split = None
         if valid_idx is not None:
-            train_split = predefined_split(ArrayDataset(Xt[valid_idx], y[valid_idx]))
+            train_split = predefined_split(ArrayDataset(Xt.take(valid_idx), y[valid_idx]))
             if self._is_classifier:
                 callbacks.append(("valid_acc", _ValidAccuracy()))
             callbacks.append(
@@ -540,14 +552,16 @@ class TransferEstimatorMixin:
         net.eval()
         with preserved_global_state(self.device_):
             k = self.n_frozen_stages_
+            src = make_source(X, self.input_spec_)
             if self.cache and self.cache_key_ is not None and k > 0:
                 acts = caching.prefix_activations(
-                    net, k, X, key=self.cache_key_, device=self.device_,
+                    net, k, src, key=self.cache_key_, device=self.device_,
                     batch_size=self._infer_batch_size(), memory=self.memory,
                 )
-                return _batched_forward(net, acts, self.device_, self._infer_batch_size(),
-                                        start=k)
-            return _batched_forward(net, X, self.device_, self._infer_batch_size(), start=0)
+                if acts is not None:
+                    return _batched_forward(net, ArraySource(acts), self.device_,
+                                            self._infer_batch_size(), start=k)
+            return _batched_forward(net, src, self.device_, self._infer_batch_size(), start=0)
 
     # -- persistence ---------------------------------------------------------------------------
 
@@ -583,13 +597,12 @@ def _history_rows(history):
     return [{k: row[k] for k in keep if k in row} for row in history]
 
 
-def _batched_forward(net, X, device, batch_size, start=0):
+def _batched_forward(net, source, device, batch_size, start=0):
     outs = []
+    n = len(source)
     with torch.inference_mode():
-        for i in range(0, len(X), batch_size):
-            xb = X[i : i + batch_size]
-            if isinstance(xb, np.ndarray):
-                xb = torch.from_numpy(np.ascontiguousarray(xb))
+        for i in range(0, n, batch_size):
+            xb = source.batch(np.arange(i, min(i + batch_size, n)))
             out = net(xb.to(device, non_blocking=True), start=start)
             outs.append(out.float().cpu())
     return torch.cat(outs).numpy()

@@ -165,17 +165,6 @@ def prefix_key(est, backbone_name, weights_desc, spec, k, seed):
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def sample_digests(X):
-    """One 16-byte digest per sample of X (its bytes, dtype and shape)."""
-    tag = f"{X.dtype}{X.shape[1:]}".encode()
-    out = []
-    for i in range(len(X)):
-        h = hashlib.blake2b(tag, digest_size=16)
-        h.update(np.ascontiguousarray(X[i]).data)
-        out.append(h.digest())
-    return out
-
-
 def _memory_dir(memory, key):
     if memory is None:
         return None
@@ -203,13 +192,13 @@ def _write_disk(folder, digest, row):
     os.replace(tmp, path)
 
 
-def prefix_activations(net, k, X, *, key, device, batch_size, memory=None):
-    """Output of ``net.prefix(., k)`` for every sample of X, as a float32 CPU tensor.
+def prefix_activations(net, k, source, *, key, device, batch_size, memory=None):
+    """Output of ``net.prefix(., k)`` for every sample of a source, as a float32 CPU tensor.
 
     Returns ``None`` when the activations of X alone would exceed the cache budget: the caller
     then trains on X and recomputes the prefix, rather than risking memory.
     """
-    digests = sample_digests(X)
+    digests = source.digests()
     rows = _CACHE.get(key, digests)
     folder = _memory_dir(memory, key)
     if folder is not None:
@@ -227,11 +216,11 @@ def prefix_activations(net, k, X, *, key, device, batch_size, memory=None):
                 first = True
                 for s in range(0, len(missing), batch_size):
                     idx = missing[s : s + batch_size]
-                    xb = torch.from_numpy(np.ascontiguousarray(X[np.asarray(idx)]))
+                    xb = source.batch(idx)
                     out = net.prefix(xb.to(device), k).to("cpu", torch.float32)
                     if first:
                         per_sample = out[0].numel() * 4
-                        if per_sample * len(X) > _OPTIONS["max_bytes"]:
+                        if per_sample * len(source) > _OPTIONS["max_bytes"]:
                             return None
                         first = False
                     for j, i in enumerate(idx):

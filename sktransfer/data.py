@@ -15,13 +15,23 @@ Rules (the user guide repeats them):
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.utils import check_array
 from torch import nn
 
-__all__ = ["ArrayDataset", "InputSpec", "Preprocess", "check_input", "check_same_input"]
+__all__ = [
+    "ArrayDataset",
+    "ArraySource",
+    "InputSpec",
+    "Preprocess",
+    "check_input",
+    "check_same_input",
+    "make_source",
+]
 
 
 class InputSpec(dict):
@@ -229,26 +239,67 @@ class Preprocess(nn.Module):
         return x
 
 
-class ArrayDataset(torch.utils.data.Dataset):
-    """Index a numpy array (and targets) without copying it; one sample at a time."""
+class ArraySource:
+    """Samples held in a numpy array (or a tensor of cached activations).
 
-    def __init__(self, X, y=None):
+    A *source* is what the training and prediction loops index: ``len(source)``,
+    ``source.batch(indices)`` (a raw batch tensor), ``source.take(indices)`` (a cheap subset)
+    and ``source.digests()`` (one digest per sample, for the activation cache). Other inputs
+    (file paths, PIL images) provide the same four methods.
+    """
+
+    def __init__(self, X):
         self.X = X
-        self.y = y
 
     def __len__(self):
         return len(self.X)
 
+    def batch(self, indices):
+        idx = np.asarray(indices)
+        if isinstance(self.X, torch.Tensor):
+            return self.X[torch.as_tensor(idx, dtype=torch.long)]
+        return torch.from_numpy(np.ascontiguousarray(self.X[idx]))
+
+    def take(self, indices):
+        return type(self)(self.X[np.asarray(indices)])
+
+    def digests(self):
+        X = self.X
+        tag = f"{X.dtype}{tuple(X.shape[1:])}".encode()
+        out = []
+        for i in range(len(X)):
+            h = hashlib.blake2b(tag, digest_size=16)
+            h.update(np.ascontiguousarray(X[i]).data)
+            out.append(h.digest())
+        return out
+
+
+def make_source(X, spec=None):
+    """The source for validated input X (see :func:`check_input`)."""
+    if hasattr(X, "batch") and hasattr(X, "digests"):
+        return X
+    return ArraySource(X)
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """Batches from a source (and targets), optionally transformed per sample for training."""
+
+    def __init__(self, source, y=None, transform=None):
+        self.source = source if hasattr(source, "batch") else ArraySource(source)
+        self.y = y
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.source)
+
     def __getitem__(self, i):
-        x = torch.from_numpy(np.array(self.X[i], copy=True))
-        if self.y is None:
-            return x, torch.zeros(())
-        return x, torch.as_tensor(self.y[i])
+        return self.__getitems__([i])
 
     def __getitems__(self, indices):
-        # Batch-level indexing: one fancy-index per batch instead of one copy per sample.
         idx = np.asarray(indices)
-        xb = torch.from_numpy(np.ascontiguousarray(self.X[idx]))
+        xb = self.source.batch(idx)
+        if self.transform is not None:
+            xb = self.transform(xb)
         yb = torch.zeros(len(idx)) if self.y is None else torch.as_tensor(self.y[idx])
         return _Batch((xb, yb))
 
@@ -261,4 +312,6 @@ def collate_batch(items):
     """DataLoader ``collate_fn`` that accepts whole batches from ``__getitems__``."""
     if isinstance(items, _Batch):
         return tuple(items)
+    if len(items) == 1 and isinstance(items[0], _Batch):
+        return tuple(items[0])
     return torch.utils.data.default_collate(items)
