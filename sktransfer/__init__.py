@@ -2,12 +2,14 @@
 
 from .backbones import get_backbone, list_backbones, register_backbone
 from .classifier import TransferClassifier
+from .features import TransferFeatures
 from .regressor import TransferRegressor
 
 __version__ = "0.1.0"
 
 __all__ = [
     "TransferClassifier",
+    "TransferFeatures",
     "TransferRegressor",
     "get_backbone",
     "list_backbones",
