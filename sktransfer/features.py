@@ -194,12 +194,13 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         with preserved_global_state(device):
             if self.weights is None:
                 torch.manual_seed(_RANDOM_INIT_SEED)
-            net, bb, k, _ = self._build_network(spec, 1, sample, weights=self.weights)
+            net, bb, k, n_out = self._build_network(spec, 1, sample, weights=self.weights)
             names = list(net.stages._modules)
             depth = _stage_depth(self.stage, names)
             net.to(device).eval()
-            with torch.inference_mode():
-                n_out = _pool(net.prefix(sample.to(device), depth), self.pooling).shape[1]
+            if depth < len(names):
+                with torch.inference_mode():
+                    n_out = _pool(net.prefix(sample.to(device), depth), self.pooling).shape[1]
         self.module_ = net
         self.device_ = device
         self.backbone_name_ = bb.name
@@ -271,7 +272,7 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def __setstate__(self, state):
         module_state = state.pop("_module_state", None)
-        self.__dict__.update(state)
+        TransferEstimatorMixin.__setstate__(self, state)
         if module_state is not None:
             from .persistence import rebuild_module
 
