@@ -27,6 +27,7 @@ from torch import nn
 from . import caching
 from ._compat import HasMethods, Interval, StrOptions
 from ._network import TransferNet, dry_run, frozen_prefix_is_exact
+from .augment import make_augmenter
 from .backbones import get_backbone
 from .data import (
     ArrayDataset,
@@ -38,6 +39,7 @@ from .data import (
     make_source,
 )
 from .freezing import n_frozen_stages
+from .images import is_image_list, take_rows
 
 __all__ = ["TransferEstimatorMixin"]
 
@@ -203,6 +205,8 @@ _COMMON_CONSTRAINTS = {
     "input_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
     "input_shape": [tuple, list, None],
     "grayscale": [StrOptions({"repeat", "adapt"})],
+    "augment": [StrOptions({"light"}), callable, None],
+    "on_bad_image": [StrOptions({"raise", "skip"})],
     "train_bn": ["boolean"],
     "bn_momentum": [Interval(numbers.Real, 0, 1, closed="both"), None],
     "early_stopping": ["boolean"],
@@ -212,6 +216,7 @@ _COMMON_CONSTRAINTS = {
     "cache": ["boolean"],
     "memory": [None, str, HasMethods(["cache"])],
     "device": [str],
+    "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
     "random_state": ["random_state"],
     "verbose": ["verbose"],
     "callbacks": [list, None],
@@ -305,9 +310,15 @@ class TransferEstimatorMixin:
     def _fit(self, X, y):
         self._check_y_present(y)
         input_kind = self._input_kind()
-        X, spec = check_input(
-            X, input_kind=input_kind, input_shape=self.input_shape, estimator=self
+        image_size = (
+            self._image_size() if input_kind == "image" and is_image_list(X) else None
         )
+        X, spec = check_input(
+            X, input_kind=input_kind, input_shape=self.input_shape, estimator=self,
+            image_size=image_size, on_bad_image=getattr(self, "on_bad_image", "raise"),
+        )
+        # images skipped as unreadable (on_bad_image="skip") take their targets with them
+        y = take_rows(y, getattr(X, "kept", None), getattr(X, "n_given", None))
         y_enc, y_meta = self._encode_y(y, n_samples=X.shape[0])
         device = resolve_device(self.device)
         seed = _seed_from(self.random_state)
@@ -324,6 +335,28 @@ class TransferEstimatorMixin:
         self.input_spec_ = dict(spec)
         self.n_features_in_ = int(np.prod(X.shape[1:]))
         return self
+
+    def _image_size(self):
+        """Side that image files and PIL images are decoded to: ``input_size``, else the
+        backbone's native input size."""
+        if self.input_size is not None:
+            return int(self.input_size)
+        if isinstance(self.backbone, str):
+            from .backbones import _REGISTRY
+
+            entry = _REGISTRY.get(self.backbone)
+            pre = entry.preprocessing if entry is not None else None
+            name = self.backbone
+        else:
+            pre, name = None, getattr(self.backbone, "__name__", repr(self.backbone))
+        if pre is None:
+            pre = get_backbone(self.backbone, weights=None).preprocessing
+        if pre.input_size is None:
+            raise ValueError(
+                f"Backbone {name!r} has no native input size, so image files and PIL images "
+                "cannot be decoded to one: pass input_size=... (e.g. input_size=224)."
+            )
+        return int(pre.input_size)
 
     def _input_kind(self):
         if isinstance(self.backbone, str):
@@ -379,7 +412,13 @@ class TransferEstimatorMixin:
         drop_last = has_trainable_bn and n_train % self.batch_size == 1
 
         # frozen-prefix cache: train the later stages on stored activations
-        use_cache = self.cache and not warm and frozen_prefix_is_exact(net, k)
+        # Augmentation changes the input of the frozen stages every epoch: no cache then.
+        augmenter = make_augmenter(getattr(self, "augment", None), spec)
+        if augmenter is not None:
+            augmenter.check(sample)
+        use_cache = (
+            self.cache and not warm and augmenter is None and frozen_prefix_is_exact(net, k)
+        )
         cache_key = None
         if use_cache:
             cache_key = caching.prefix_key(
@@ -395,9 +434,9 @@ class TransferEstimatorMixin:
         else:
             Xt, cache_key = src, None
         if valid_idx is not None:
-            train_ds = ArrayDataset(Xt.take(train_idx), y[train_idx])
+            train_ds = ArrayDataset(Xt.take(train_idx), y[train_idx], transform=augmenter)
         else:
-            train_ds = ArrayDataset(Xt, y)
+            train_ds = ArrayDataset(Xt, y, transform=augmenter)
         callbacks = [("guard", _Guard())]
         train_split = None
         if valid_idx is not None:
@@ -463,6 +502,9 @@ class TransferEstimatorMixin:
         else:
             optimizer = torch.optim.AdamW
             optimizer_kwargs["betas"] = (self.momentum, 0.999)
+        # DataLoader workers (decoding, augmentation) are seeded by torch from a draw of
+        # ``generator``, itself seeded from random_state: fits stay reproducible.
+        num_workers = int(getattr(self, "num_workers", 0) or 0)
         return _TransferSkorchNet(
             module=net,
             criterion=self._criterion(y),
@@ -475,6 +517,8 @@ class TransferEstimatorMixin:
             iterator_train__collate_fn=collate_batch,
             iterator_train__drop_last=drop_last,
             iterator_valid__collate_fn=collate_batch,
+            iterator_train__num_workers=num_workers,
+            iterator_valid__num_workers=num_workers,
             train_split=train_split,
             callbacks=list(callbacks),
             device=device,
@@ -561,7 +605,8 @@ class TransferEstimatorMixin:
                 if acts is not None:
                     return _batched_forward(net, ArraySource(acts), self.device_,
                                             self._infer_batch_size(), start=k)
-            return _batched_forward(net, src, self.device_, self._infer_batch_size(), start=0)
+            return _batched_forward(net, src, self.device_, self._infer_batch_size(), start=0,
+                                    num_workers=int(getattr(self, "num_workers", 0) or 0))
 
     # -- persistence ---------------------------------------------------------------------------
 
@@ -597,12 +642,19 @@ def _history_rows(history):
     return [{k: row[k] for k in keep if k in row} for row in history]
 
 
-def _batched_forward(net, source, device, batch_size, start=0):
+def _batched_forward(net, source, device, batch_size, start=0, num_workers=0):
     outs = []
     n = len(source)
+    chunks = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    batches = (source.batch(idx) for idx in chunks)
+    if num_workers and not isinstance(source, ArraySource):
+        # decode (files) in parallel workers, in order
+        batches = (xb for xb, _ in torch.utils.data.DataLoader(
+            ArrayDataset(source), batch_sampler=chunks, num_workers=num_workers,
+            collate_fn=collate_batch,
+        ))
     with torch.inference_mode():
-        for i in range(0, n, batch_size):
-            xb = source.batch(np.arange(i, min(i + batch_size, n)))
+        for xb in batches:
             out = net(xb.to(device, non_blocking=True), start=start)
             outs.append(out.float().cpu())
     return torch.cat(outs).numpy()

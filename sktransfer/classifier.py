@@ -55,6 +55,17 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
     grayscale : {"repeat", "adapt"}, default="repeat"
         Single-channel images for an RGB backbone: repeat the channel three times, or adapt
         the stem convolution by summing its RGB weights (as timm's ``adapt_input_conv``).
+    augment : {"light"}, callable or None, default=None
+        Data augmentation while training (never in ``predict``): ``"light"`` takes a random
+        crop of 70-100 % of each image's area, resized back, and flips it horizontally half of
+        the time; a callable (e.g. a torchvision transform) gets each image as a float32
+        ``(C, H, W)`` tensor in [0, 1] and returns one of the same shape. Seeded by
+        ``random_state``. Frozen-stage outputs change with every draw, so the ``cache`` is
+        bypassed. See :mod:`sktransfer.augment`.
+    on_bad_image : {"raise", "skip"}, default="raise"
+        For file-path input: ``fit`` reads every file once before training and raises one
+        ``ValueError`` listing every unreadable one (missing, empty, truncated, not an image);
+        ``"skip"`` drops them, and their targets, with a warning naming them.
     train_bn : bool, default=False
         Let BatchNorm layers of frozen stages update their running statistics.
     bn_momentum : float or None, default=0.1
@@ -78,6 +89,10 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         Folder in which frozen-stage outputs are shared between processes.
     device : str, default="auto"
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    num_workers : int, default=0
+        Worker processes that decode and augment batches (``torch.utils.data.DataLoader``);
+        0 does it in the main process. Useful with image files. A callable ``augment`` must
+        then be picklable; with augmentation, results depend on ``num_workers``.
     random_state : int, RandomState instance or None, default=None
         Seeds head initialisation, shuffling and splits. Fits with the same value are
         bitwise identical on CPU.
@@ -153,6 +168,8 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         input_size=None,
         input_shape=None,
         grayscale="repeat",
+        augment=None,
+        on_bad_image="raise",
         train_bn=False,
         bn_momentum=0.1,
         class_weight=None,
@@ -163,6 +180,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         cache=True,
         memory=None,
         device="auto",
+        num_workers=0,
         random_state=None,
         verbose=0,
         callbacks=None,
@@ -180,6 +198,8 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         self.input_size = input_size
         self.input_shape = input_shape
         self.grayscale = grayscale
+        self.augment = augment
+        self.on_bad_image = on_bad_image
         self.train_bn = train_bn
         self.bn_momentum = bn_momentum
         self.class_weight = class_weight
@@ -190,6 +210,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         self.cache = cache
         self.memory = memory
         self.device = device
+        self.num_workers = num_workers
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks

@@ -48,16 +48,31 @@ def _scale_for(dtype, kind):
     return 1.0
 
 
-def check_input(X, *, input_kind, input_shape=None, estimator=None, reset=True):
+def check_input(X, *, input_kind, input_shape=None, estimator=None, reset=True,
+                image_size=None, on_bad_image="raise"):
     """Validate X and describe it.
+
+    A list (or 1-D array) of file paths or PIL images is decoded lazily to ``image_size``
+    (see :mod:`sktransfer.images`); every image is read once now, so that unreadable ones are
+    reported (or, with ``on_bad_image="skip"``, dropped) before training starts.
 
     Returns
     -------
-    X : ndarray
-        The validated array, uint8 kept as uint8 (no copy when none is needed).
+    X : ndarray or ImageSource
+        The validated array, uint8 kept as uint8 (no copy when none is needed); for paths and
+        PIL images a :class:`~sktransfer.images.ImageSource`.
     spec : InputSpec
         Layout and scaling to pass to :class:`Preprocess`.
     """
+    from .images import check_image_input, is_image_list
+
+    if is_image_list(X):
+        if input_kind != "image":
+            raise ValueError(
+                "X holds image files or PIL images but the backbone takes 2-D vectors "
+                "(n_samples, n_features); use an image backbone."
+            )
+        return check_image_input(X, size=image_size, on_bad_image=on_bad_image)
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
     X = check_array(
@@ -132,10 +147,33 @@ def check_input(X, *, input_kind, input_shape=None, estimator=None, reset=True):
 
 
 def check_same_input(X, spec, *, input_kind, input_shape=None, estimator=None, resize=False):
-    """Validate X at predict time against the spec recorded by ``fit``."""
+    """Validate X at predict time against the spec recorded by ``fit``.
+
+    Paths and PIL images are accepted when ``fit`` saw them (they are decoded to the fitted
+    size); arrays in the other channel layout (NCHW vs NHWC) or value scale (uint8 vs float in
+    [0, 1]) than in ``fit`` are converted to the fitted ones.
+    """
+    from .images import check_image_input, is_image_list
+
+    if is_image_list(X):
+        if spec.get("decode_size") is None:
+            raise ValueError(
+                "X holds image files or PIL images but the model was fitted on arrays of "
+                f"per-sample shape {tuple(spec['sample_shape'])}; pass arrays like those, or "
+                "fit on files."
+            )
+        return check_image_input(X, size=spec["decode_size"], validate=False)[0]
     X, new = check_input(
         X, input_kind=input_kind, input_shape=input_shape, estimator=estimator, reset=False
     )
+    if {new["layout"], spec["layout"]} == {"nhwc", "nchw"} and new["channels"] == spec[
+        "channels"
+    ]:
+        X = np.moveaxis(X, 1, -1) if spec["layout"] == "nhwc" else np.moveaxis(X, -1, 1)
+        new.update(layout=spec["layout"], sample_shape=X.shape[1:])
+    if new.get("scale") != spec.get("scale"):
+        # Preprocess divides by the scale seen in fit: bring X to it (uint8 fit, float predict)
+        X = X.astype(np.float32) * np.float32(spec["scale"] / new["scale"])
     expected, got = tuple(spec["sample_shape"]), tuple(new["sample_shape"])
     if spec["layout"] == "flat" or new["layout"] == "flat":
         if expected != got:
@@ -278,6 +316,10 @@ def make_source(X, spec=None):
     """The source for validated input X (see :func:`check_input`)."""
     if hasattr(X, "batch") and hasattr(X, "digests"):
         return X
+    if spec is not None and spec.get("decode_size") is not None and not hasattr(X, "shape"):
+        from .images import ImageSource
+
+        return ImageSource(X, spec["decode_size"])
     return ArraySource(X)
 
 

@@ -45,6 +45,10 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         Reshape rows of a 2-D X into ``(H, W)`` or ``(H, W, C)`` images.
     grayscale : {"repeat", "adapt"}, default="repeat"
         Single-channel images for an RGB backbone.
+    augment : {"light"}, callable or None, default=None
+        Training-time augmentation (see :class:`TransferClassifier`).
+    on_bad_image : {"raise", "skip"}, default="raise"
+        Unreadable image files in ``fit``: one error listing all, or skip them with a warning.
     train_bn : bool, default=False
         Let BatchNorm layers of frozen stages update their statistics.
     bn_momentum : float or None, default=0.1
@@ -63,6 +67,8 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         Folder sharing frozen-stage outputs between processes.
     device : str, default="auto"
         ``"auto"``, ``"cpu"``, ``"cuda"``...
+    num_workers : int, default=0
+        DataLoader worker processes decoding and augmenting batches.
     random_state : int, RandomState instance or None, default=None
         Seed of initialisation and shuffling.
     verbose : int, default=0
@@ -128,6 +134,8 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         input_size=None,
         input_shape=None,
         grayscale="repeat",
+        augment=None,
+        on_bad_image="raise",
         train_bn=False,
         bn_momentum=0.1,
         early_stopping=False,
@@ -137,6 +145,7 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         cache=True,
         memory=None,
         device="auto",
+        num_workers=0,
         random_state=None,
         verbose=0,
         callbacks=None,
@@ -154,6 +163,8 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         self.input_size = input_size
         self.input_shape = input_shape
         self.grayscale = grayscale
+        self.augment = augment
+        self.on_bad_image = on_bad_image
         self.train_bn = train_bn
         self.bn_momentum = bn_momentum
         self.early_stopping = early_stopping
@@ -163,6 +174,7 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         self.cache = cache
         self.memory = memory
         self.device = device
+        self.num_workers = num_workers
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks

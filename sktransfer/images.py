@@ -1,0 +1,509 @@
+"""Images as users hold them: files on disk and PIL images -> fixed-size uint8 batches.
+
+Estimators accept, besides arrays, a list (or 1-D array, or pandas Series) of file paths
+(``str`` or :class:`pathlib.Path`) and a list of :class:`PIL.Image.Image`. Such X is never
+decoded as a whole: a :class:`ImageSource` opens, converts and resizes only the images of the
+batch being processed, so a folder of any size trains in bounded memory. Lists slice cheaply,
+so :class:`~sklearn.model_selection.GridSearchCV` and ``cross_val_score`` work on them unchanged.
+
+Decoding rules (applied identically in ``fit`` and ``predict``):
+
+* The EXIF orientation tag is applied (:func:`PIL.ImageOps.exif_transpose`), so a photo is
+  seen the way a viewer shows it.
+* Every image becomes 8-bit RGB:
+
+  - grayscale (``L``, ``1``) is repeated to three channels;
+  - 16-bit and 32-bit integer grayscale (``I;16*``, ``I``) is taken to span [0, 65535] and
+    divided by 257 (65535 -> 255), values outside clipped; float grayscale (``F``) is taken to
+    span [0, 1] and multiplied by 255, as float arrays are (see :mod:`sktransfer.data`);
+  - transparency (``RGBA``, ``LA``, ``PA``, palette images with a transparent colour) is
+    composited on a white background, as a page shows it;
+  - ``CMYK`` and the other colour spaces use Pillow's built-in conversion to RGB (no ICC
+    colour management); palette images are expanded to their colours.
+
+* Resizing: the shorter side is scaled to ``size`` and the longer side centre-cropped to
+  ``size`` (one bilinear, antialiased resampling of the centred square), keeping the whole of
+  the shorter side. Large JPEGs are decoded at a reduced scale first (libjpeg's DCT scaling)
+  whenever that still leaves at least ``size`` pixels on each side.
+* Only the first frame of animated or multi-page files is used.
+
+Bad files: ``fit`` decodes every image once before training starts, so that all unreadable
+files (missing, empty, truncated, corrupt, not an image) are reported together in one
+``ValueError`` listing their paths; with ``on_bad_image="skip"`` they are dropped with a
+warning instead. Pillow's ``DecompressionBombError`` is never caught, and no global Pillow
+setting (``Image.MAX_IMAGE_PIXELS``, ``ImageFile.LOAD_TRUNCATED_IMAGES``) is ever changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .data import InputSpec
+
+__all__ = [
+    "BadImageError",
+    "ImageSource",
+    "check_image_input",
+    "decode_image",
+    "is_image_list",
+    "load_images",
+]
+
+# Never swallowed: a decompression bomb is the user's to see, whatever the error policy.
+_PROPAGATE = (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError)
+
+_MAX_LISTED = 100
+
+
+class BadImageError(ValueError):
+    """Some images could not be read; ``paths`` names every one of them."""
+
+    def __init__(self, message, paths=()):
+        super().__init__(message)
+        self.paths = list(paths)
+
+
+# ---------------------------------------------------------------------------------------------
+# Telling image lists apart
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_path(item):
+    return isinstance(item, (str, os.PathLike))
+
+
+def _is_item(item):
+    return _is_path(item) or isinstance(item, Image.Image)
+
+
+def _as_list(X):
+    """X as a list when it is a 1-D collection that may hold images, else ``None``."""
+    if isinstance(X, (list, tuple)):
+        return list(X)
+    if hasattr(X, "iloc") and getattr(X, "ndim", None) == 1:  # pandas Series
+        X = X.to_numpy()
+    if isinstance(X, np.ndarray) and X.ndim == 1 and X.dtype.kind in "OUS":
+        return X.tolist() if X.dtype.kind != "S" else None
+    return None
+
+
+def is_image_list(X):
+    """Whether X is a non-empty list, tuple, 1-D array or Series of paths or PIL images.
+
+    Parameters
+    ----------
+    X : object
+        Anything given as X.
+
+    Returns
+    -------
+    answer : bool
+        True when every element is a ``str``, a path-like object or a ``PIL.Image.Image``.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> from sktransfer.images import is_image_list
+    >>> is_image_list(["a.jpg", Path("b.png")]), is_image_list([[0.5, 1.0]])
+    (True, False)
+    """
+    if isinstance(X, (str, os.PathLike, Image.Image)):
+        raise ValueError(
+            f"X is a single {'image' if isinstance(X, Image.Image) else 'path'}; pass a list "
+            "of them (e.g. [X]), or load a folder with sktransfer.datasets.load_image_folder."
+        )
+    items = _as_list(X)
+    return bool(items) and all(_is_item(item) for item in items)
+
+
+def _origin(items):
+    paths = sum(_is_path(item) for item in items)
+    if paths == len(items):
+        return "files"
+    return "pil" if paths == 0 else "files+pil"
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_rgb(img):
+    """Any Pillow mode -> ``RGB`` by the rules of the module docstring."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I"):
+        a = np.asarray(img).astype(np.float64)
+        return Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8)).convert(
+            "RGB"
+        )
+    if mode == "F":
+        a = np.asarray(img).astype(np.float64)
+        a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0)
+        return Image.fromarray(np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)).convert(
+            "RGB"
+        )
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode in ("LA", "La", "PA", "RGBa"):
+        img = img.convert("RGBA")
+    elif mode == "L" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img, mask=img.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def _fit_square(img, size):
+    """Shorter side to ``size``, centre crop of the longer one, in one resampling."""
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) / 2.0, (h - side) / 2.0
+    return img.resize(
+        (size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side)
+    )
+
+
+def _decode_pil(img, size, *, own):
+    """A PIL image -> ``(size, size, 3)`` uint8 array. ``own``: the image is ours to mutate."""
+    if own and img.format == "JPEG":
+        img.draft(None, (size, size))  # DCT scaling: a decode-time reduction, never below size
+    img = ImageOps.exif_transpose(img)
+    img = _fit_square(_to_rgb(img), size)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _read_bytes(path):
+    data = Path(path).read_bytes()
+    if not data:
+        raise _Unreadable("empty file")
+    return data
+
+
+class _Unreadable(Exception):
+    """A file that is not an image, with the reason to show."""
+
+
+def _decode_item(item, size, data=None):
+    if isinstance(item, Image.Image):
+        return _decode_pil(item, size, own=False)
+    if data is None:
+        data = _read_bytes(item)
+    with Image.open(io.BytesIO(data)) as img:
+        return _decode_pil(img, size, own=True)
+
+
+def _reason(exc):
+    if isinstance(exc, _Unreadable):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return "is a folder, not a file"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file Pillow can read"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _name(items, i):
+    item = items[i]
+    if _is_path(item):
+        return os.fspath(item)
+    filename = getattr(item, "filename", "")
+    return f"PIL image at index {i}" + (f" ({filename})" if filename else "")
+
+
+def decode_image(image, size):
+    """Decode one image the way estimators do.
+
+    Parameters
+    ----------
+    image : str, path-like or PIL.Image.Image
+        A file or an image in memory.
+    size : int
+        Side of the square output.
+
+    Returns
+    -------
+    pixels : ndarray of shape (size, size, 3), dtype uint8
+        RGB pixels, after EXIF orientation, mode conversion, resizing and centre cropping
+        (rules in :mod:`sktransfer.images`).
+
+    Examples
+    --------
+    >>> from PIL import Image
+    >>> from sktransfer.images import decode_image
+    >>> decode_image(Image.new("LA", (60, 30), (0, 0)), 16)[0, 0].tolist()  # transparent
+    [255, 255, 255]
+    """
+    try:
+        return _decode_item(image, _check_size(size))
+    except _Unreadable as exc:
+        raise ValueError(f"{_name([image], 0)}: {exc}") from None
+
+
+def load_images(images, size):
+    """Decode a list of files or PIL images into one array.
+
+    Use it to look at exactly what an estimator sees, or to keep a small data set decoded in
+    memory. Unreadable images are all reported in one :class:`BadImageError`.
+
+    Parameters
+    ----------
+    images : list of str, path-like or PIL.Image.Image
+        The images.
+    size : int
+        Side of the square images.
+
+    Returns
+    -------
+    pixels : ndarray of shape (n_images, size, size, 3), dtype uint8
+        The decoded images.
+
+    Examples
+    --------
+    >>> from PIL import Image
+    >>> from sktransfer.images import load_images
+    >>> load_images([Image.new("L", (40, 20)), Image.new("RGB", (8, 8))], 16).shape
+    (2, 16, 16, 3)
+    """
+    items = _as_list(images)
+    if not items or not all(_is_item(item) for item in items):
+        raise ValueError("images must be a non-empty list of paths or PIL images.")
+    return ImageSource(items, size).batch(np.arange(len(items))).numpy()
+
+
+def _check_size(size):
+    if size is None:
+        raise ValueError(
+            "Image files and PIL images are decoded to one square size, and none is known: "
+            "pass input_size=... (e.g. input_size=224)."
+        )
+    size = int(size)
+    if size < 1:
+        raise ValueError(f"The decode size must be a positive number of pixels, got {size}.")
+    return size
+
+
+# ---------------------------------------------------------------------------------------------
+# The source
+# ---------------------------------------------------------------------------------------------
+
+
+class ImageSource:
+    """Images decoded lazily, batch by batch, to ``(size, size, 3)`` uint8.
+
+    A *source* in the sense of :class:`sktransfer.data.ArraySource`: ``len``,
+    ``batch(indices)`` (decodes only those images), ``take(indices)`` and ``digests()``.
+
+    The digest of a file is a hash of its bytes (not of its path or modification time): a copy
+    or a renamed file shares cached activations with the original, and a file edited in place
+    never reuses stale ones. The digest of a PIL image hashes its mode, size and pixels.
+
+    Parameters
+    ----------
+    items : list of str, path-like or PIL.Image.Image
+        The images.
+    size : int
+        Side of the decoded squares.
+
+    Examples
+    --------
+    >>> from PIL import Image
+    >>> from sktransfer.images import ImageSource
+    >>> src = ImageSource([Image.new("RGB", (64, 48), "red")] * 3, 32)
+    >>> len(src), tuple(src.batch([0, 2]).shape)
+    (3, (2, 32, 32, 3))
+    """
+
+    def __init__(self, items, size, *, digests=None, kept=None, n_given=None):
+        self.items = list(items)
+        self.size = _check_size(size)
+        self._digests = None if digests is None else list(digests)
+        #: indices into the X the user gave of the images kept (``on_bad_image="skip"``)
+        self.kept = kept
+        self.n_given = len(self.items) if n_given is None else n_given
+
+    def __len__(self):
+        return len(self.items)
+
+    @property
+    def shape(self):
+        """``(n_images, size, size, 3)``: the shape of the images once decoded."""
+        return (len(self.items), self.size, self.size, 3)
+
+    def batch(self, indices):
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        out = np.empty((len(idx), self.size, self.size, 3), dtype=np.uint8)
+        for j, i in enumerate(idx):
+            try:
+                out[j] = _decode_item(self.items[i], self.size)
+            except _PROPAGATE:
+                raise
+            except Exception:  # noqa: BLE001 - report every bad image at once instead
+                raise self._bad_images_error(self._scan()) from None
+        return torch.from_numpy(out)
+
+    def take(self, indices):
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        digests = None if self._digests is None else [self._digests[i] for i in idx]
+        return type(self)([self.items[i] for i in idx], self.size, digests=digests)
+
+    def digests(self):
+        if self._digests is None:
+            self._digests = [_digest(item) for item in self.items]
+        return list(self._digests)
+
+    # -- validation ------------------------------------------------------------------------
+
+    def _check_one(self, i):
+        """Decode image ``i`` once; its digest, or the reason it cannot be read."""
+        item = self.items[i]
+        try:
+            if isinstance(item, Image.Image):
+                _decode_item(item, self.size)
+                return _digest(item), None
+            data = _read_bytes(item)
+            _decode_item(item, self.size, data)
+            return _bytes_digest(data), None
+        except _PROPAGATE:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure makes the file unreadable
+            return None, _reason(exc)
+
+    def _scan(self):
+        bad = []
+        for i in range(len(self.items)):
+            _, reason = self._check_one(i)
+            if reason is not None:
+                bad.append((i, reason))
+        return bad
+
+    def _bad_images_error(self, bad, *, fitting=False):
+        lines = [f"  {_name(self.items, i)}: {reason}" for i, reason in bad[:_MAX_LISTED]]
+        if len(bad) > _MAX_LISTED:
+            lines.append(f"  ... and {len(bad) - _MAX_LISTED} more (listed in the error's .paths)")
+        remedy = "Fix or remove them"
+        if fitting:
+            remedy += ", or pass on_bad_image='skip' to train without them"
+        return BadImageError(
+            f"{len(bad)} of {len(self.items)} images could not be read. {remedy}:\n"
+            + "\n".join(lines),
+            paths=[_name(self.items, i) for i, _ in bad],
+        )
+
+    def validated(self, on_bad_image="raise"):
+        """Decode every image once; raise on (or skip) the unreadable ones.
+
+        This reads each file once more than training needs: it is the price of reporting all
+        bad files before training starts rather than one at a time, epochs into a fit. The
+        digests computed on the way are kept, so the activation cache does not read them again.
+        """
+        digests, bad = [], []
+        for i in range(len(self.items)):
+            digest, reason = self._check_one(i)
+            digests.append(digest)
+            if reason is not None:
+                bad.append((i, reason))
+        if not bad:
+            return type(self)(self.items, self.size, digests=digests)
+        if on_bad_image != "skip" or len(bad) == len(self.items):
+            raise self._bad_images_error(bad, fitting=on_bad_image != "skip")
+        skipped = {i for i, _ in bad}
+        kept = np.array([i for i in range(len(self.items)) if i not in skipped], dtype=np.int64)
+        names = ", ".join(f"{_name(self.items, i)} ({reason})" for i, reason in bad)
+        warnings.warn(
+            f"Skipped {len(bad)} of {len(self.items)} images that could not be read (their "
+            f"targets are dropped too): {names}",
+            UserWarning,
+            stacklevel=5,
+        )
+        return type(self)(
+            [self.items[i] for i in kept],
+            self.size,
+            digests=[digests[i] for i in kept],
+            kept=kept,
+            n_given=len(self.items),
+        )
+
+
+def _bytes_digest(data):
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _digest(item):
+    if isinstance(item, Image.Image):
+        h = hashlib.blake2b(f"{item.mode}{item.size}".encode(), digest_size=16)
+        h.update(item.tobytes())
+        return h.digest()
+    try:
+        return _bytes_digest(_read_bytes(item))
+    except (OSError, _Unreadable):
+        # unreadable: a digest no real file has, so the cache never mixes it up
+        return hashlib.blake2b(b"unreadable:" + os.fsencode(item), digest_size=16).digest()
+
+
+def check_image_input(X, *, size, on_bad_image="raise", validate=True):
+    """Validate a list of paths or PIL images and describe it.
+
+    Parameters
+    ----------
+    X : list, tuple, 1-D array or Series of str, path-like or PIL.Image.Image
+        The images.
+    size : int
+        Side of the decoded squares.
+    on_bad_image : {"raise", "skip"}, default="raise"
+        What to do with unreadable images when ``validate`` is True.
+    validate : bool, default=True
+        Decode every image once now (``fit``); otherwise unreadable images are reported when
+        first decoded (``predict``), still all at once.
+
+    Returns
+    -------
+    source : ImageSource
+        The images, decoded lazily; ``source.kept`` holds the indices of the images kept when
+        some were skipped.
+    spec : InputSpec
+        The decoded layout: ``(size, size, 3)`` uint8 NHWC, with ``source`` ("files", "pil" or
+        "files+pil") and ``decode_size``.
+    """
+    items = _as_list(X)
+    src = ImageSource(items, size)
+    if validate:
+        src = src.validated(on_bad_image)
+    spec = InputSpec(
+        kind="image",
+        dtype="uint8",
+        scale=255.0,
+        layout="nhwc",
+        channels=3,
+        sample_shape=(src.size, src.size, 3),
+        source=_origin(items),
+        decode_size=src.size,
+    )
+    return src, spec
+
+
+def take_rows(y, kept, n_given):
+    """The rows of y that belong to the kept images (y of any array-like kind)."""
+    if y is None or kept is None:
+        return y
+    n_y = len(y)
+    if n_y != n_given:
+        raise ValueError(
+            f"Found input variables with inconsistent numbers of samples: [{n_given}, {n_y}]"
+        )
+    if hasattr(y, "iloc"):
+        return y.iloc[kept]
+    return np.asarray(y)[kept]
