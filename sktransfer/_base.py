@@ -15,9 +15,10 @@ import random
 import warnings
 
 import numpy as np
+import sklearn
 import torch
 from sklearn.base import BaseEstimator
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import InconsistentVersionWarning, NotFittedError
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet
 from skorch.callbacks import Callback, EarlyStopping, ProgressBar
@@ -120,6 +121,8 @@ class _TransferSkorchNet(NeuralNet):
         self.interrupted_ = False
         try:
             return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        except _StopEarly:
+            raise  # skorch ends training and restores the best epoch in on_train_end
         except KeyboardInterrupt:
             self.interrupted_ = True
             snap = getattr(self, "_last_epoch_state", None)
@@ -141,8 +144,29 @@ class _Interrupted(Exception):
     pass
 
 
+class _StopEarly(KeyboardInterrupt):
+    """Early stopping's way of ending training, told apart from a user's Ctrl-C."""
+
+
+class _EarlyStopping(EarlyStopping):
+    """skorch's ``EarlyStopping``, stopping with :class:`_StopEarly`."""
+
+    def on_epoch_end(self, net, **kwargs):
+        try:
+            super().on_epoch_end(net, **kwargs)
+        except KeyboardInterrupt:
+            raise _StopEarly from None
+
+
 class _Guard(Callback):
-    """Stops at the first non-finite loss and snapshots each completed epoch."""
+    """Stops at the first non-finite loss or weight and snapshots each completed epoch.
+
+    ``probe`` (a raw input batch) is run in eval mode after each epoch: BatchNorm running
+    statistics can diverge while the training loss, computed on batch statistics, looks finite.
+    """
+
+    def __init__(self, probe=None):
+        self.probe = probe
 
     def on_train_begin(self, net, **kwargs):
         self._batch = 0
@@ -162,11 +186,42 @@ class _Guard(Callback):
                 f"{self._batch}; stopped before the weights were corrupted further. Lower lr "
                 f"(now {net.lr}), or check X and y for extreme values."
             )
+        if not _state_is_finite(net.module_):
+            raise FloatingPointError(
+                f"The weights became NaN or infinite after the optimizer step at epoch "
+                f"{len(net.history)}, batch {self._batch}; training stopped. Lower lr (now "
+                f"{net.lr}), or check X and y for extreme values."
+            )
 
     def on_epoch_end(self, net, **kwargs):
+        if self.probe is not None:
+            module = net.module_
+            was = module.training
+            module.eval()
+            try:
+                with torch.no_grad():
+                    out = module(self.probe.to(net.device), start=0)
+            finally:
+                module.train(was)
+            if not bool(torch.isfinite(out).all()):
+                raise FloatingPointError(
+                    f"The network's eval-mode output became NaN or infinite at the end of "
+                    f"epoch {len(net.history)} (batch {self._batch}); training stopped. Lower "
+                    f"lr (now {net.lr}), or check X and y for extreme values."
+                )
         net._last_epoch_state = {
             k: v.detach().clone() for k, v in net.module_.state_dict().items()
         }
+
+
+def _state_is_finite(module):
+    """Whether every floating-point parameter and buffer of ``module`` is finite."""
+    checks = [
+        torch.isfinite(t.detach()).all()
+        for t in (*module.parameters(), *module.buffers())
+        if t.is_floating_point() and t.numel()
+    ]
+    return not checks or bool(torch.stack(checks).all())
 
 
 class _ValidAccuracy(Callback):
@@ -271,6 +326,8 @@ class TransferEstimatorMixin:
         )
         try:
             feats = dry_run(nn.Sequential(preprocess, *bb.stages.values()), sample)
+        except torch.cuda.OutOfMemoryError:
+            raise
         except (RuntimeError, IndexError, ValueError) as exc:
             raise ValueError(
                 f"Backbone {bb.name!r} cannot process inputs of per-sample shape "
@@ -437,7 +494,7 @@ class TransferEstimatorMixin:
             train_ds = ArrayDataset(Xt.take(train_idx), y[train_idx], transform=augmenter)
         else:
             train_ds = ArrayDataset(Xt, y, transform=augmenter)
-        callbacks = [("guard", _Guard())]
+        callbacks = [("guard", _Guard(sample))]
         train_split = None
         if valid_idx is not None:
             train_split = predefined_split(ArrayDataset(Xt.take(valid_idx), y[valid_idx]))
@@ -446,7 +503,7 @@ class TransferEstimatorMixin:
             callbacks.append(
                 (
                     "early_stopping",
-                    EarlyStopping(
+                    _EarlyStopping(
                         monitor="valid_loss",
                         patience=self.n_iter_no_change,
                         threshold=self.tol,
@@ -470,6 +527,15 @@ class TransferEstimatorMixin:
             skorch_net.fit(train_ds, None)
         except _Interrupted:
             interrupted = True
+        except ValueError as exc:
+            if "Expected more than 1 value per channel" not in str(exc):
+                raise
+            raise ValueError(
+                "A BatchNorm layer got a training batch of 1 sample with 1 value per channel "
+                f"(batch_size={self.batch_size}, images too small to keep a spatial extent); "
+                "BatchNorm cannot train on 1 sample. Use batch_size >= 2, larger images "
+                "(input_size=...), or freeze the stages with BatchNorm (freeze_depth=...)."
+            ) from None
         finally:
             net.start = 0
         if interrupted and len(skorch_net.history) == 0:
@@ -603,10 +669,14 @@ class TransferEstimatorMixin:
                     batch_size=self._infer_batch_size(), memory=self.memory,
                 )
                 if acts is not None:
-                    return _batched_forward(net, ArraySource(acts), self.device_,
-                                            self._infer_batch_size(), start=k)
-            return _batched_forward(net, src, self.device_, self._infer_batch_size(), start=0,
-                                    num_workers=int(getattr(self, "num_workers", 0) or 0))
+                    return _finite(_batched_forward(net, ArraySource(acts), self.device_,
+                                                    self._infer_batch_size(), start=k,
+                                                    pad=self.input_spec_["kind"] == "vector"))
+            return _finite(
+                _batched_forward(net, src, self.device_, self._infer_batch_size(), start=0,
+                                 pad=self.input_spec_["kind"] == "vector",
+                                 num_workers=int(getattr(self, "num_workers", 0) or 0))
+            )
 
     # -- persistence ---------------------------------------------------------------------------
 
@@ -618,9 +688,12 @@ class TransferEstimatorMixin:
             state["_module_state"] = {
                 k: v.detach().cpu().numpy() for k, v in module.state_dict().items()
             }
+        # scikit-learn stamps only its own estimators; unpickling compares this stamp.
+        state["_sklearn_version"] = sklearn.__version__
         return state
 
     def __setstate__(self, state):
+        check_pickled_version(self, state)
         module_state = state.pop("_module_state", None)
         self.__dict__.update(state)
         if module_state is not None:
@@ -637,12 +710,33 @@ class TransferEstimatorMixin:
         return tags
 
 
+def check_pickled_version(est, state):
+    """Pop the scikit-learn version stamp from a pickled ``state``; warn as scikit-learn does
+    (``InconsistentVersionWarning``) when it differs from the running version."""
+    pickled = state.pop("_sklearn_version", None)
+    if pickled is not None and pickled != sklearn.__version__:
+        warnings.warn(
+            InconsistentVersionWarning(
+                estimator_name=type(est).__name__,
+                current_sklearn_version=sklearn.__version__,
+                original_sklearn_version=pickled,
+            ),
+            stacklevel=3,
+        )
+
+
 def _history_rows(history):
     keep = ("epoch", "train_loss", "valid_loss", "valid_acc", "dur")
     return [{k: row[k] for k in keep if k in row} for row in history]
 
 
-def _batched_forward(net, source, device, batch_size, start=0, num_workers=0):
+def _batched_forward(net, source, device, batch_size, start=0, num_workers=0, pad=False):
+    """Outputs for every sample of ``source``, in batches of ``batch_size``.
+
+    With ``pad=True`` every batch is zero-padded to ``batch_size`` rows, so each sample goes
+    through exactly the same matrix kernels whatever the size of the request: predictions are
+    then bitwise invariant to batch size and row order (used for cheap vector backbones).
+    """
     outs = []
     n = len(source)
     chunks = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
@@ -655,9 +749,26 @@ def _batched_forward(net, source, device, batch_size, start=0, num_workers=0):
         ))
     with torch.inference_mode():
         for xb in batches:
-            out = net(xb.to(device, non_blocking=True), start=start)
+            m = len(xb)
+            if pad and m < batch_size:
+                xb = torch.cat([xb, xb.new_zeros((batch_size - m, *xb.shape[1:]))])
+            out = net(xb.to(device, non_blocking=True), start=start)[:m]
             outs.append(out.float().cpu())
     return torch.cat(outs).numpy()
+
+
+def _finite(out):
+    """``out``, checked: a NaN or infinite network output is an error, never a prediction."""
+    bad = ~np.isfinite(out).reshape(len(out), -1).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(
+            f"The network's output is NaN or infinite for {len(rows)} sample(s) (rows "
+            f"{rows[:5].tolist()}{' ...' if len(rows) > 5 else ''}): their values overflow "
+            "float32 inside the network or lie far outside the range seen in fit. Check X "
+            "for extreme values."
+        )
+    return out
 
 
 def _adapt_stem_to_gray(stages):

@@ -16,6 +16,22 @@ from ._compat import StrOptions, _fit_context
 __all__ = ["TransferClassifier"]
 
 
+class WeightedCrossEntropy(torch.nn.Module):
+    """Cross-entropy with per-class weights that scale each sample's loss, averaged over the
+    batch (scikit-learn's meaning of ``class_weight``; torch's weighted mean divides by the
+    batch's total weight instead, which undoes the weighting in single-class batches)."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float32))
+
+    def forward(self, logits, target):
+        losses = torch.nn.functional.cross_entropy(
+            logits, target, weight=self.weight, reduction="none"
+        )
+        return losses.mean()
+
+
 class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator):
     """Fine-tune a pretrained network for classification, scikit-learn style.
 
@@ -271,9 +287,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         weights = getattr(self, "_class_weight_values", None) if y is not None else None
         if weights is None:
             return torch.nn.CrossEntropyLoss
-        return lambda: torch.nn.CrossEntropyLoss(
-            weight=torch.as_tensor(weights, dtype=torch.float32)
-        )
+        return lambda: WeightedCrossEntropy(weights)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -330,4 +344,5 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         y : ndarray of shape (n_samples,)
             Labels in the original dtype.
         """
-        return self.classes_[np.argmax(self._forward(X), axis=1)]
+        scores = self._forward(X)
+        return self.classes_[np.argmax(scores, axis=1)]

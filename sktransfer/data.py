@@ -78,7 +78,7 @@ def check_input(X, *, input_kind, input_shape=None, estimator=None, reset=True,
     X = check_array(
         X,
         accept_sparse=False,
-        dtype=None,
+        dtype="numeric",
         allow_nd=True,
         ensure_all_finite=True,
         ensure_min_samples=1,
@@ -163,6 +163,14 @@ def check_same_input(X, spec, *, input_kind, input_shape=None, estimator=None, r
                 "fit on files."
             )
         return check_image_input(X, size=spec["decode_size"], validate=False)[0]
+    if len(spec["sample_shape"]) > 1 and tuple(getattr(X, "shape", ())) == tuple(
+        spec["sample_shape"]
+    ):
+        raise ValueError(
+            f"X has shape {tuple(X.shape)}, the shape of a single sample; predict takes a batch. "
+            "Reshape your data with X[np.newaxis] (or X.reshape(1, *X.shape)) if it contains "
+            "a single sample."
+        )
     X, new = check_input(
         X, input_kind=input_kind, input_shape=input_shape, estimator=estimator, reset=False
     )
