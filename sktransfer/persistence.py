@@ -1,18 +1,60 @@
-"""Rebuilding fitted networks from plain arrays; safe save/load (no pickle)."""
+"""Safe save/load of fitted estimators (no pickle), and rebuilding networks from plain arrays.
+
+:func:`save` writes a folder holding two files:
+
+``config.json``
+    The format version; the sktransfer, torch and scikit-learn versions that wrote it; the
+    estimator's class name; its hyperparameters (``get_params()``); its fitted attributes
+    (``classes_`` with their dtype, ``input_spec_``, ``stage_names_``, ``n_frozen_stages_``,
+    ``history_``, the regressor's target scaling, ``device_``...); the size and SHA-256 of the
+    weights file. ``null`` in place of the fitted attributes for an unfitted estimator.
+``weights.safetensors``
+    The network's state dict (absent for an unfitted estimator).
+
+:func:`load` reads nothing but JSON and safetensors, so a model folder from an untrusted source
+cannot run code. It accepts only sktransfer's estimator classes and backbones named in the
+registry, by torchvision, or as ``"timm:<name>"``; it checks the weights file's size and
+SHA-256 before parsing it, rebuilds the architecture without downloading anything, and loads
+the weights strictly (every key, every shape). Any mismatch is a ``ValueError``; no partially
+loaded estimator is ever returned.
+
+``pickle``/``joblib`` also work (the network travels as numpy arrays and is rebuilt on
+unpickling), but unpickling runs code chosen by whoever wrote the file: use them only for
+files you trust.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["rebuild_module"]
+__all__ = ["load", "rebuild_module", "save"]
+
+FORMAT_NAME = "sktransfer-estimator"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "weights.safetensors"
+_MAX_CONFIG_BYTES = 64 * 2**20
 
 
-def _device_for(est):
-    device = getattr(est, "device_", "cpu")
+# ---------------------------------------------------------------------------------------------
+# Rebuilding a fitted network (pickling and load)
+# ---------------------------------------------------------------------------------------------
+
+
+def _device_for(est, device=None):
+    device = getattr(est, "device_", "cpu") if device is None else device
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        import warnings
-
         warnings.warn(
             f"This model was fitted on {device!r} but CUDA is not available here; it is loaded "
             "on the CPU instead (device_ is now 'cpu').",
@@ -23,10 +65,24 @@ def _device_for(est):
     return device
 
 
-def rebuild_module(est, module_state):
+def rebuild_module(est, module_state, device=None):
     """Build the fitted architecture of ``est`` (no weights downloaded) and load the arrays.
 
-    ``module_state`` maps state-dict keys to numpy arrays. The load is strict.
+    Parameters
+    ----------
+    est : estimator
+        Carries the hyperparameters and fitted attributes (``input_spec_``,
+        ``n_frozen_stages_``...) that define the architecture.
+    module_state : dict of str to ndarray or torch.Tensor
+        The state dict. The load is strict: every key and every shape must match.
+    device : str, default=None
+        Where to put the network (``None``: ``est.device_``). CUDA falls back to the CPU, with
+        a warning, where it is unavailable; ``est.device_`` is updated.
+
+    Returns
+    -------
+    module : torch.nn.Module
+        The network, in eval mode.
     """
     from ._base import preserved_global_state
 
@@ -37,19 +93,32 @@ def rebuild_module(est, module_state):
         net, _, _, _ = est._build_network(
             spec, est._n_outputs_fitted(), sample, weights=None, n_frozen=est.n_frozen_stages_
         )
-    state = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in module_state.items()}
+    state = {
+        k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v, copy=True))
+        for k, v in module_state.items()
+    }
     own = net.state_dict()
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
-    wrong = [k for k in state if k in own and tuple(own[k].shape) != tuple(state[k].shape)]
+    wrong = [
+        f"{k}: stored {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in state
+        if k in own and tuple(own[k].shape) != tuple(state[k].shape)
+    ]
     if missing or extra or wrong:
         raise ValueError(
             "Stored weights do not match the architecture rebuilt from the hyperparameters: "
             f"missing {missing[:5]}, unexpected {extra[:5]}, wrong shapes {wrong[:5]}. The file "
             "is corrupt or was written by an incompatible version."
         )
+    names = getattr(est, "stage_names_", None)
+    if names is not None and list(net.stages._modules) != list(names):
+        raise ValueError(
+            f"The rebuilt backbone has stages {list(net.stages._modules)} but the model was "
+            f"fitted with {list(names)}: the backbone definition changed since it was saved."
+        )
     net.load_state_dict(state, strict=True)
-    device = _device_for(est)
+    device = _device_for(est, device)
     est.device_ = device
     net.to(device)
     net.eval()
@@ -58,3 +127,660 @@ def rebuild_module(est, module_state):
 
 def _torch_dtype(name):
     return torch.from_numpy(np.zeros(1, dtype=np.dtype(name))).dtype
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON encoding of hyperparameters and fitted attributes
+# ---------------------------------------------------------------------------------------------
+
+
+class _Unrepresentable(Exception):
+    pass
+
+
+def _encode(value):
+    """Plain value -> JSON value. Tuples, paths and dicts whose keys are not all plain strings
+    (class_weight's labels) are tagged, so that they come back as they were."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        if not math.isfinite(value):
+            raise _Unrepresentable(value)
+        return value
+    if isinstance(value, os.PathLike):
+        path = os.fspath(value)
+        if not isinstance(path, str):
+            raise _Unrepresentable(value)
+        return {"__path__": path}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in value):
+            return {k: _encode(v) for k, v in value.items()}
+        return {"__dict__": [[_encode(k), _encode(v)] for k, v in value.items()]}
+    raise _Unrepresentable(value)
+
+
+def _decode(value):
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if isinstance(value, dict):
+        if not any(k.startswith("__") for k in value):
+            return {k: _decode(v) for k, v in value.items()}
+        if len(value) != 1:
+            raise ValueError(f"unexpected object {value!r}")
+        (tag, inner), = value.items()
+        if tag == "__tuple__" and isinstance(inner, list):
+            return tuple(_decode(v) for v in inner)
+        if tag == "__path__" and isinstance(inner, str):
+            return Path(inner)
+        if tag == "__dict__" and isinstance(inner, list):
+            out = {}
+            for pair in inner:
+                if not (isinstance(pair, list) and len(pair) == 2):
+                    raise ValueError(f"unexpected dict item {pair!r}")
+                key = _decode(pair[0])
+                if isinstance(key, (list, dict)):
+                    raise ValueError(f"unhashable dict key {key!r}")
+                out[key] = _decode(pair[1])
+            return out
+        raise ValueError(f"unexpected object {value!r}")
+    return value
+
+
+def _estimator_classes():
+    from .classifier import TransferClassifier
+    from .regressor import TransferRegressor
+
+    classes = [TransferClassifier, TransferRegressor]
+    try:
+        from .features import TransferFeatures
+    except ImportError:  # pragma: no cover - features is part of the package
+        pass
+    else:
+        classes.append(TransferFeatures)
+    return {cls.__name__: cls for cls in classes}
+
+
+def _backbone_allowed(name):
+    from .backbones import _REGISTRY, _torchvision_names
+
+    if not isinstance(name, str):
+        return False
+    return name in _REGISTRY or name.startswith("timm:") or name in _torchvision_names()
+
+
+# Fitted attributes: name -> checker(value) returning the value to set (raises ValueError).
+
+
+def _is_int(v, lo=None):
+    return isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo)
+
+
+def _check(cond, what):
+    if not cond:
+        raise ValueError(what)
+
+
+def _int_attr(lo=0):
+    def check(v):
+        _check(_is_int(v, lo), f"must be an integer >= {lo}")
+        return v
+
+    return check
+
+
+def _str_attr(v):
+    _check(isinstance(v, str), "must be a string")
+    return v
+
+
+def _opt_str_attr(v):
+    _check(v is None or isinstance(v, str), "must be a string or null")
+    return v
+
+
+def _key_attr(v):
+    # a folder name inside ``memory``: hexadecimal only, so it cannot point elsewhere
+    _check(
+        v is None or (isinstance(v, str) and re.fullmatch(r"[0-9a-f]{1,128}", v) is not None),
+        "must be a hexadecimal cache key or null",
+    )
+    return v
+
+
+def _bool_attr(v):
+    _check(isinstance(v, bool), "must be true or false")
+    return v
+
+
+def _names_attr(v):
+    _check(
+        isinstance(v, list) and len(v) > 0 and all(isinstance(s, str) for s in v),
+        "must be a non-empty list of strings",
+    )
+    return v
+
+
+def _history_attr(v):
+    _check(isinstance(v, list), "must be a list")
+    for row in v:
+        _check(
+            isinstance(row, dict)
+            and all(
+                isinstance(k, str) and isinstance(x, (int, float)) and not isinstance(x, bool)
+                for k, x in row.items()
+            ),
+            "must be a list of {name: number} rows",
+        )
+    return v
+
+
+def _float_array_attr(v):
+    _check(
+        isinstance(v, list)
+        and len(v) > 0
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v),
+        "must be a non-empty list of numbers",
+    )
+    return np.asarray(v, dtype=np.float64)
+
+
+def _spec_attr(v):
+    _check(isinstance(v, dict), "must be an object")
+    _check(v.get("kind") in ("image", "vector"), "needs kind 'image' or 'vector'")
+    _check(v.get("layout") in ("flat", "nhw", "nhwc", "nchw"), "needs a known layout")
+    shape = v.get("sample_shape")
+    _check(
+        isinstance(shape, tuple) and len(shape) > 0 and all(_is_int(s, 1) for s in shape),
+        "needs sample_shape, a tuple of positive integers",
+    )
+    channels = v.get("channels")
+    _check(channels is None or _is_int(channels, 1), "needs channels, an integer or null")
+    scale = v.get("scale")
+    _check(
+        isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0,
+        "needs scale, a positive number",
+    )
+    try:
+        dtype = np.dtype(v.get("dtype"))
+    except TypeError as exc:
+        raise ValueError(f"needs dtype, a numpy dtype name ({exc})") from None
+    _check(dtype.kind in "biuf", "needs a numeric dtype")
+    return dict(v)
+
+
+_COMMON_ATTRS = {
+    "input_spec_": _spec_attr,
+    "n_frozen_stages_": _int_attr(0),
+    "stage_names_": _names_attr,
+    "n_features_out_": _int_attr(1),
+    "n_features_in_": _int_attr(1),
+    "device_": _str_attr,
+    "backbone_name_": _str_attr,
+    "weights_": _opt_str_attr,
+}
+_TRAINED_ATTRS = {
+    "history_": _history_attr,
+    "n_iter_": _int_attr(0),
+    "cache_key_": _key_attr,
+    "interrupted_": _bool_attr,
+}
+_ATTRS = {
+    "TransferClassifier": {**_COMMON_ATTRS, **_TRAINED_ATTRS},
+    "TransferRegressor": {
+        **_COMMON_ATTRS,
+        **_TRAINED_ATTRS,
+        "n_outputs_": _int_attr(1),
+        "_y_ndim": _int_attr(1),
+        "_y_mean": _float_array_attr,
+        "_y_scale": _float_array_attr,
+    },
+    "TransferFeatures": {**_COMMON_ATTRS, "stage_": _str_attr, "_cache_key": _key_attr},
+}
+
+_LABEL_KINDS = {"U": str, "i": int, "u": int, "b": bool, "f": float}
+
+
+def _encode_classes(classes):
+    classes = np.asarray(classes)
+    kind = classes.dtype.kind
+    if kind == "O":
+        values = [v.item() if isinstance(v, np.generic) else v for v in classes.tolist()]
+        if not all(isinstance(v, (str, int, float, bool)) for v in values):
+            bad = next(v for v in values if not isinstance(v, (str, int, float, bool)))
+            raise ValueError(
+                f"Cannot save classes_ holding {type(bad).__name__} objects: the safe format "
+                "stores labels that are strings, integers, floats or booleans."
+            )
+        return {"dtype": "object", "values": values}
+    if kind not in _LABEL_KINDS:
+        raise ValueError(
+            f"Cannot save classes_ of dtype {classes.dtype}: the safe format stores labels "
+            "that are strings, integers, floats or booleans."
+        )
+    return {"dtype": classes.dtype.str, "values": [_encode(v) for v in classes.tolist()]}
+
+
+def _decode_classes(v):
+    _check(isinstance(v, dict) and set(v) == {"dtype", "values"}, "must be {dtype, values}")
+    values = v["values"]
+    _check(isinstance(values, list) and len(values) >= 2, "must hold at least 2 labels")
+    if v["dtype"] == "object":
+        _check(
+            all(isinstance(x, (str, int, float, bool)) for x in values),
+            "must hold strings, numbers or booleans",
+        )
+        classes = np.empty(len(values), dtype=object)
+        classes[:] = values
+    else:
+        try:
+            dtype = np.dtype(v["dtype"])
+        except TypeError:
+            raise ValueError(f"has an unknown dtype {v['dtype']!r}") from None
+        _check(dtype.kind in _LABEL_KINDS, f"has an unsupported dtype {dtype}")
+        want = _LABEL_KINDS[dtype.kind]
+        ok = (
+            (lambda x: isinstance(x, (int, float)) and not isinstance(x, bool))
+            if want is float
+            else (lambda x: isinstance(x, want) and (want is bool or not isinstance(x, bool)))
+        )
+        _check(all(ok(x) for x in values), f"must hold values of dtype {dtype}")
+        try:
+            classes = np.array(values, dtype=dtype)
+        except (OverflowError, ValueError) as exc:
+            raise ValueError(f"does not fit dtype {dtype} ({exc})") from None
+        _check(classes.tolist() == values, f"does not fit dtype {dtype}")
+    _check(len(set(classes.tolist())) == len(classes), "must hold distinct labels")
+    return classes
+
+
+# ---------------------------------------------------------------------------------------------
+# save / load
+# ---------------------------------------------------------------------------------------------
+
+
+def save(estimator, path):
+    """Save an estimator to a folder, without pickle.
+
+    The folder holds ``config.json`` (versions, class name, hyperparameters, fitted attributes,
+    SHA-256 of the weights) and ``weights.safetensors`` (the network's state dict); see
+    :mod:`sktransfer.persistence`. Loading it with :func:`load` runs no code from the folder.
+
+    Parameters
+    ----------
+    estimator : TransferClassifier, TransferRegressor or TransferFeatures
+        Fitted or not. Every hyperparameter must be a plain value (string, number, bool,
+        ``None``, path, or a list/tuple/dict of those): a callable backbone, callback
+        instances, a ``RandomState`` or a ``joblib.Memory`` cannot be stored this way.
+    path : str or path-like
+        The folder; created if needed. Files of an earlier save there are replaced.
+
+    Returns
+    -------
+    path : pathlib.Path
+        The folder.
+
+    Raises
+    ------
+    ValueError
+        If a hyperparameter or fitted attribute cannot be represented, naming it.
+
+    See Also
+    --------
+    load : Read the folder back.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> import sktransfer
+    >>> rng = np.random.RandomState(0)
+    >>> X, y = rng.rand(20, 4).astype(np.float32), np.array(["a", "b"] * 10)
+    >>> clf = sktransfer.TransferClassifier(
+    ...     "test_mlp", weights=None, max_epochs=1, random_state=0
+    ... ).fit(X, y)
+    >>> folder = tempfile.mkdtemp()
+    >>> sorted(p.name for p in sktransfer.save(clf, folder).iterdir())
+    ['config.json', 'weights.safetensors']
+    >>> loaded = sktransfer.load(folder)
+    >>> np.array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    True
+    """
+    from . import __version__
+
+    classes = _estimator_classes()
+    name = type(estimator).__name__
+    if classes.get(name) is not type(estimator):
+        raise ValueError(
+            f"save() stores {sorted(classes)} estimators, got {type(estimator).__name__}. Use "
+            "pickle or joblib (trusted files only) for other objects."
+        )
+    params = {}
+    for key, value in estimator.get_params(deep=False).items():
+        try:
+            params[key] = _encode(value)
+        except _Unrepresentable as exc:
+            inner = exc.args[0]
+            hint = ""
+            if key == "backbone":
+                hint = (
+                    " Register the factory with sktransfer.register_backbone(name, factory) "
+                    "and pass backbone=name; the same registration must run before load()."
+                )
+            raise ValueError(
+                f"Cannot save {name}: the hyperparameter {key}={value!r} holds a "
+                f"{type(inner).__name__} ({inner!r}), which the safe format cannot represent; "
+                "it stores strings, finite numbers, booleans, None, paths, and lists, tuples "
+                f"and dicts of those.{hint} Set {key} to a plain value before saving, or use "
+                "pickle/joblib (trusted files only)."
+            ) from None
+    if not _backbone_allowed(estimator.backbone):
+        raise ValueError(
+            f"Cannot save {name} with backbone={estimator.backbone!r}: it is not a registered, "
+            "torchvision or 'timm:' backbone name, so load() could not rebuild it."
+        )
+
+    fitted = None
+    state = None
+    if hasattr(estimator, "module_"):
+        fitted = {}
+        for attr in _ATTRS[name]:
+            value = getattr(estimator, attr)
+            if isinstance(value, np.ndarray):
+                value = value.tolist()
+            elif isinstance(value, dict):  # input_spec_: tuples must stay tuples
+                value = dict(value)
+            try:
+                fitted[attr] = _encode(value)
+            except _Unrepresentable:
+                raise ValueError(
+                    f"Cannot save the fitted attribute {attr}={value!r}: it holds a value the "
+                    "safe format cannot represent."
+                ) from None
+        if name == "TransferClassifier":
+            fitted["classes_"] = _encode_classes(estimator.classes_)
+        state = {
+            k: v.detach().to("cpu").contiguous().clone()
+            for k, v in estimator.module_.state_dict().items()
+        }
+
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{str(folder)!r} exists and is not a folder; save() writes a folder.")
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "versions": _versions(__version__),
+        "estimator": name,
+        "params": params,
+        "fitted": fitted,
+        "weights": None,
+    }
+    if state is not None:
+        from safetensors.torch import save as save_tensors
+
+        blob = save_tensors(state, metadata={"format": FORMAT_NAME})
+        config["weights"] = {
+            "file": WEIGHTS_NAME,
+            "bytes": len(blob),
+            "sha256": hashlib.sha256(blob).hexdigest(),
+        }
+        _write_atomic(folder / WEIGHTS_NAME, blob)
+    elif (folder / WEIGHTS_NAME).exists():
+        (folder / WEIGHTS_NAME).unlink()
+    text = json.dumps(config, indent=2, allow_nan=False) + "\n"
+    _write_atomic(folder / CONFIG_NAME, text.encode("utf-8"))
+    return folder
+
+
+def _versions(own):
+    import safetensors
+    import sklearn
+
+    return {
+        "sktransfer": own,
+        "torch": torch.__version__,
+        "sklearn": sklearn.__version__,
+        "safetensors": safetensors.__version__,
+    }
+
+
+def _write_atomic(target, data):
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def load(path, *, device=None):
+    """Load an estimator saved by :func:`save`, running no code from the folder.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The folder written by :func:`save`.
+    device : str, default=None
+        Where to put the network: ``None`` for the device it was fitted on, ``"auto"``,
+        ``"cpu"``, ``"cuda"``... Where CUDA is unavailable the model is loaded on the CPU,
+        with a warning.
+
+    Returns
+    -------
+    estimator : TransferClassifier, TransferRegressor or TransferFeatures
+        Predicts exactly as the saved one did.
+
+    Raises
+    ------
+    ValueError
+        If the folder is not an sktransfer model, names an estimator class or a backbone
+        outside the allowed ones, or its weights are truncated, tampered with (SHA-256
+        mismatch) or do not match the architecture key for key and shape for shape. Nothing
+        is returned then.
+
+    See Also
+    --------
+    save : Write the folder.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> import sktransfer
+    >>> rng = np.random.RandomState(0)
+    >>> X, y = rng.rand(20, 4).astype(np.float32), rng.rand(20)
+    >>> reg = sktransfer.TransferRegressor(
+    ...     "test_mlp", weights=None, max_epochs=1, random_state=0
+    ... ).fit(X, y)
+    >>> folder = sktransfer.save(reg, tempfile.mkdtemp())
+    >>> np.array_equal(sktransfer.load(folder, device="cpu").predict(X), reg.predict(X))
+    True
+    """
+    folder = Path(path)
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise ValueError(
+            f"{str(folder)!r} is not a model folder written by sktransfer.save(): it has no "
+            f"{CONFIG_NAME}."
+        )
+    if config_path.stat().st_size > _MAX_CONFIG_BYTES:
+        raise ValueError(f"{str(config_path)!r} is too large to be an sktransfer config.")
+    try:
+        config = json.loads(
+            config_path.read_bytes().decode("utf-8"), parse_constant=_reject_constant
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{str(config_path)!r} is not valid JSON: {exc}.") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+        raise ValueError(
+            f"{str(config_path)!r} is not an sktransfer model config (format "
+            f"{FORMAT_NAME!r} expected)."
+        )
+    version = config.get("format_version")
+    if not _is_int(version, 1) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{str(config_path)!r} has format_version {version!r}; this sktransfer reads "
+            f"versions 1..{FORMAT_VERSION}. Upgrade sktransfer to load it."
+        )
+    try:
+        return _load_checked(folder, config, device)
+    except _ConfigError as exc:
+        raise ValueError(
+            f"{str(config_path)!r} is malformed or was tampered with: {exc}"
+        ) from None
+
+
+class _ConfigError(Exception):
+    pass
+
+
+def _load_checked(folder, config, device):
+    from ._base import resolve_device
+
+    # 1. what to build: only our estimator classes and backbones, checked before building
+    classes = _estimator_classes()
+    name = config.get("estimator")
+    if not isinstance(name, str) or name not in classes:
+        raise ValueError(
+            f"Refusing to load estimator class {name!r}: only {sorted(classes)} can be loaded."
+        )
+    cls = classes[name]
+    raw_params = config.get("params")
+    if not isinstance(raw_params, dict):
+        raise _ConfigError("'params' must be an object")
+    try:
+        params = {k: _decode(v) for k, v in raw_params.items()}
+    except (ValueError, TypeError) as exc:
+        raise _ConfigError(f"bad hyperparameter value ({exc})") from None
+    valid = set(cls().get_params(deep=False))
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise _ConfigError(f"unknown hyperparameters {unknown} for {name}")
+    backbone = params.get("backbone", cls().backbone)
+    if not _backbone_allowed(backbone):
+        raise ValueError(
+            f"Refusing to load backbone {backbone!r}: load() builds only backbones registered "
+            "in this process (sktransfer.list_backbones('registered')), torchvision model "
+            "names and 'timm:<name>' names. Register it before loading if it is your own."
+        )
+    est = cls(**params)
+    try:
+        est._validate_params()
+    except ValueError as exc:
+        raise _ConfigError(f"invalid hyperparameters: {exc}") from None
+
+    fitted = config.get("fitted")
+    if fitted is None:
+        return est
+    if not isinstance(fitted, dict):
+        raise _ConfigError("'fitted' must be an object or null")
+
+    # 2. fitted attributes, each checked
+    attrs = {}
+    schema = dict(_ATTRS[name])
+    expected = set(schema) | ({"classes_"} if name == "TransferClassifier" else set())
+    if set(fitted) != expected:
+        raise _ConfigError(
+            f"fitted attributes {sorted(fitted)} differ from those of {name}: "
+            f"missing {sorted(expected - set(fitted))}, "
+            f"unexpected {sorted(set(fitted) - expected)}"
+        )
+    for attr, check in schema.items():
+        try:
+            attrs[attr] = check(_decode(fitted[attr]))
+        except (ValueError, TypeError) as exc:
+            raise _ConfigError(f"fitted attribute {attr!r} {exc}") from None
+    if name == "TransferClassifier":
+        try:
+            attrs["classes_"] = _decode_classes(fitted["classes_"])
+        except (ValueError, TypeError) as exc:
+            raise _ConfigError(f"fitted attribute 'classes_' {exc}") from None
+    if attrs["n_frozen_stages_"] > len(attrs["stage_names_"]):
+        raise _ConfigError("n_frozen_stages_ exceeds the number of stages")
+    if name == "TransferRegressor":
+        n = attrs["n_outputs_"]
+        if attrs["_y_ndim"] not in (1, 2) or len(attrs["_y_mean"]) != n or len(
+            attrs["_y_scale"]
+        ) != n or (attrs["_y_ndim"] == 1 and n != 1):
+            raise _ConfigError("the target scaling does not match n_outputs_")
+    if name == "TransferFeatures" and attrs["stage_"] not in attrs["stage_names_"]:
+        raise _ConfigError("stage_ is not one of stage_names_")
+
+    # 3. the weights: size and hash of the exact bytes that are then parsed
+    info = config.get("weights")
+    if not (
+        isinstance(info, dict)
+        and _is_int(info.get("bytes"), 0)
+        and isinstance(info.get("sha256"), str)
+    ):
+        raise _ConfigError("'weights' must record the weights file's bytes and sha256")
+    weights_path = folder / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise ValueError(f"The weights file {str(weights_path)!r} is missing.")
+    size = weights_path.stat().st_size
+    if size != info["bytes"]:
+        raise ValueError(
+            f"The weights file {str(weights_path)!r} has {size} bytes, but {CONFIG_NAME} "
+            f"records {info['bytes']}: it is truncated, corrupt or was replaced."
+        )
+    blob = weights_path.read_bytes()
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != info["sha256"].lower():
+        raise ValueError(
+            f"The weights file {str(weights_path)!r} does not match the SHA-256 recorded in "
+            f"{CONFIG_NAME} (expected {info['sha256']}, got {digest}): it is corrupt or was "
+            "replaced."
+        )
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_tensors
+
+    try:
+        state = load_tensors(blob)
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as exc:
+        raise ValueError(
+            f"The weights file {str(weights_path)!r} is not a readable safetensors file "
+            f"({exc}): it is truncated or corrupt."
+        ) from None
+
+    # 4. the device, then the architecture (weights=None: nothing downloaded), strictly
+    target = attrs["device_"] if device is None else device
+    if target == "auto":
+        target = resolve_device("auto")
+    try:
+        target = str(torch.device(target))
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={target!r} is not a device torch understands ({exc}).") from None
+    for attr, value in attrs.items():
+        setattr(est, attr, value)
+    try:
+        module = rebuild_module(est, state, device=target)
+        if name != "TransferFeatures" and module.head.in_features != est.n_features_out_:
+            raise ValueError(
+                f"n_features_out_={est.n_features_out_} does not match the network's "
+                f"{module.head.in_features} features."
+            )
+        est.module_ = module
+        if hasattr(est, "_wrap_in_skorch"):
+            est.net_ = est._wrap_in_skorch(module)
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
+        raise ValueError(
+            f"Could not rebuild the model saved in {str(folder)!r}: {exc}"
+        ) from None
+    return est

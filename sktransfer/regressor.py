@@ -200,10 +200,21 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         if not np.all(np.isfinite(y)):
             raise ValueError("Input y contains NaN or infinity.")
         y2 = y.reshape(len(y), -1)
-        mean = y2.mean(axis=0)
-        scale = y2.std(axis=0)
-        scale[scale == 0] = 1.0
-        y_enc = ((y2 - mean) / scale).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = y2.mean(axis=0)
+            scale = y2.std(axis=0)
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(scale))):
+            # values near the float64 limit overflow the sums: standardise y / max|y| instead
+            top = np.abs(y2).max(axis=0)
+            top[top == 0] = 1.0
+            z = y2 / top
+            z_mean, z_scale = z.mean(axis=0), z.std(axis=0)
+            mean, scale = z_mean * top, np.where(z_scale == 0, 1.0, z_scale * top)
+            z_scale[z_scale == 0] = 1.0
+            y_enc = ((z - z_mean) / z_scale).astype(np.float32)
+        else:
+            scale[scale == 0] = 1.0
+            y_enc = ((y2 - mean) / scale).astype(np.float32)
         meta = {"n_outputs_": y2.shape[1], "_y_ndim": y.ndim, "_y_mean": mean, "_y_scale": scale}
         return y_enc, meta
 
