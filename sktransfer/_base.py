@@ -379,7 +379,8 @@ class TransferEstimatorMixin:
         y_enc, y_meta = self._encode_y(y, n_samples=X.shape[0])
         device = resolve_device(self.device)
         seed = _seed_from(self.random_state)
-        with preserved_global_state(device):
+        # inference_mode(False): a fit called inside torch.inference_mode() still trains
+        with preserved_global_state(device), torch.inference_mode(False):
             torch.manual_seed(seed)
             fitted = self._train(X, y_enc, spec, device, seed)
         # Only now, with training finished, does the estimator change: an error above leaves
