@@ -131,6 +131,14 @@ def test_save_load_regressor_round_trip(n_targets, tmp_path):
     assert loaded.predict(X).shape == y.shape
 
 
+def test_save_load_features_transformer_round_trip(tmp_path):
+    X = _images(10)
+    features = sktransfer.TransferFeatures("test_cnn", weights=None, stage="block1").fit(X)
+    loaded = sktransfer.load(sktransfer.save(features, tmp_path / "m"))
+    assert loaded.stage_ == "block1"
+    assert np.array_equal(loaded.transform(X), features.transform(X))
+
+
 def test_save_load_unfitted(tmp_path):
     est = TransferClassifier(
         "resnet18", input_shape=(8, 8), class_weight={1: 2.0, "b": 0.5}, weights=tmp_path / "w.pt"
