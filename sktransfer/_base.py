@@ -17,8 +17,7 @@ import warnings
 import numpy as np
 import sklearn
 import torch
-from sklearn.base import BaseEstimator
-from sklearn.exceptions import InconsistentVersionWarning, NotFittedError
+from sklearn.exceptions import InconsistentVersionWarning
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet
 from skorch.callbacks import Callback, EarlyStopping, ProgressBar
@@ -250,7 +249,10 @@ class _ValidAccuracy(Callback):
 _COMMON_CONSTRAINTS = {
     "backbone": [str, callable],
     "weights": [str, os.PathLike, None],
-    "freeze_depth": [StrOptions({"all"}), Interval(numbers.Integral, None, None, closed="neither")],
+    "freeze_depth": [
+        StrOptions({"all"}),
+        Interval(numbers.Integral, None, None, closed="neither"),
+    ],
     "lr": [Interval(numbers.Real, 0, None, closed="neither")],
     "momentum": [Interval(numbers.Real, 0, 1, closed="left")],
     "optimizer": [StrOptions({"sgd", "adamw"})],
@@ -788,11 +790,3 @@ def _adapt_stem_to_gray(stages):
         "found. Use grayscale='repeat'."
     )
 
-
-def not_fitted_error(est):
-    return NotFittedError(
-        f"This {type(est).__name__} instance is not fitted yet. Call 'fit' first."
-    )
-
-
-BaseEstimator  # re-exported for subclasses' MRO clarity

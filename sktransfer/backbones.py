@@ -333,9 +333,11 @@ def _load_state_into(module, state, source, head_keys=()):
     if missing_non_head or unexpected or shape_errors:
         parts = []
         if missing_non_head:
-            parts.append(f"missing keys {missing_non_head[:5]}{' ...' if len(missing) > 5 else ''}")
+            more = " ..." if len(missing_non_head) > 5 else ""
+            parts.append(f"missing keys {missing_non_head[:5]}{more}")
         if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+            more = " ..." if len(unexpected) > 5 else ""
+            parts.append(f"unexpected keys {unexpected[:5]}{more}")
         if shape_errors:
             parts.append(f"wrong shapes {shape_errors[:5]}")
         raise ValueError(

@@ -51,7 +51,9 @@ def n_frozen_stages(freeze_depth, stage_names):
             return n
         raise ValueError(f"freeze_depth={freeze_depth!r} is not understood. {valid}")
     if isinstance(freeze_depth, bool) or not isinstance(freeze_depth, numbers.Integral):
-        raise ValueError(f"freeze_depth must be an integer or 'all', got {freeze_depth!r}. {valid}")
+        raise ValueError(
+            f"freeze_depth must be an integer or 'all', got {freeze_depth!r}. {valid}"
+        )
     k = int(freeze_depth)
     if k >= 0:
         if k > n:
