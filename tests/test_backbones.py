@@ -1,5 +1,3 @@
-import os
-
 import pytest
 import torch
 import torchvision.models as tvm
@@ -97,12 +95,13 @@ def test_unknown_torchvision_weights_lists_valid_names():
 
 def test_pretrained_weights_missing_offline_names_file_and_remedies(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    old = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path / "hub"))
     try:
         with pytest.raises(ValueError) as info:
             get_backbone("resnet18", weights="DEFAULT")
     finally:
-        torch.hub.set_dir(os.path.join(os.path.expanduser("~"), ".cache", "torch", "hub"))
+        torch.hub.set_dir(old)
     msg = str(info.value)
     assert "resnet18-f37072fd.pth" in msg
     assert "weights=None" in msg and "local weights file" in msg
