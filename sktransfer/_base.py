@@ -23,6 +23,7 @@ from skorch import NeuralNet
 from skorch.callbacks import Callback, EarlyStopping, ProgressBar
 from skorch.helper import predefined_split
 from torch import nn
+from torch.nn.utils import get_total_norm
 
 from . import caching
 from ._compat import HasMethods, Interval, StrOptions
@@ -214,13 +215,14 @@ class _Guard(Callback):
 
 
 def _state_is_finite(module):
-    """Whether every floating-point parameter and buffer of ``module`` is finite."""
-    checks = [
-        torch.isfinite(t.detach()).all()
-        for t in (*module.parameters(), *module.buffers())
-        if t.is_floating_point() and t.numel()
-    ]
-    return not checks or bool(torch.stack(checks).all())
+    """Whether every floating-point tensor that training changes is finite: the trainable
+    parameters and the buffers of modules in training mode (BatchNorm statistics). Frozen
+    stages are left out, so that the check after each step costs what the trained part does."""
+    tensors = [p for p in module.parameters() if p.requires_grad]
+    tensors += [b for m in module.modules() if m.training for b in m.buffers(recurse=False)]
+    tensors = [t.detach() for t in tensors if t.is_floating_point() and t.numel()]
+    # the max-norm of a set of tensors is NaN or infinite as soon as one entry is
+    return not tensors or bool(torch.isfinite(get_total_norm(tensors, float("inf"))))
 
 
 class _ValidAccuracy(Callback):
