@@ -26,8 +26,11 @@ data:
 demo: $(VENV)/.stamp-test data
 	$(PY) examples/demo.py
 
-test: $(VENV)/.stamp-test data
+# The whole suite, then the documentation (its gallery runs the examples), so a broken
+# example fails too.
+test: $(VENV)/.stamp-test $(VENV)/.stamp-docs data
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory docs
 
 test-fast: $(VENV)/.stamp-test
 	$(PY) -m pytest -q -m "not slow"
