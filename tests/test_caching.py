@@ -33,7 +33,7 @@ def textures():
 
 
 def _lite0(**params):
-    defaults = dict(max_epochs=2, batch_size=8, lr=0.01, random_state=0)
+    defaults = dict(max_epochs=1, batch_size=6, lr=0.01, random_state=0)
     return TransferClassifier("efficientnet_lite0", **{**defaults, **params})
 
 
@@ -53,8 +53,9 @@ def test_cache_does_not_change_predictions_at_any_depth(textures, freeze_depth):
     assert cache_info()["computed"] == len(X)
     plain = _lite0(freeze_depth=freeze_depth, cache=False).fit(X, y)
     assert plain.cache_key_ is None
-    for Z in (X, X_new):
-        np.testing.assert_allclose(cached.predict_proba(Z), plain.predict_proba(Z), atol=1e-5)
+    # 4 optimiser steps with momentum: rounding differences would already have grown
+    Z = np.concatenate([X, X_new])
+    np.testing.assert_allclose(cached.predict_proba(Z), plain.predict_proba(Z), atol=1e-5)
     np.testing.assert_allclose(
         [row["train_loss"] for row in cached.history_],
         [row["train_loss"] for row in plain.history_],
@@ -96,7 +97,7 @@ def test_head_only_classifier_reuses_linear_probe_features(textures):
     X, y, _ = textures
     TransferFeatures("efficientnet_lite0").fit(X).transform(X)
     assert cache_info()["computed"] == len(X)
-    _lite0(freeze_depth="all", max_epochs=1).fit(X, y)
+    _lite0(freeze_depth="all").fit(X, y)
     assert cache_info()["computed"] == len(X)
 
 
@@ -151,11 +152,11 @@ def test_cache_false_bypasses_the_cache(tiny_images):
 
 def test_float16_storage_halves_memory_and_stays_close(textures):
     X, y, X_new = textures
-    exact = _lite0(freeze_depth=-1, max_epochs=1).fit(X, y)
+    exact = _lite0(freeze_depth=-1).fit(X, y)
     nbytes32 = cache_info()["nbytes"]
     clear_cache()
     set_cache_options(dtype="float16")
-    half = _lite0(freeze_depth=-1, max_epochs=1).fit(X, y)
+    half = _lite0(freeze_depth=-1).fit(X, y)
     assert cache_info()["nbytes"] == nbytes32 // 2
     p_half, p_exact = half.predict_proba(X_new), exact.predict_proba(X_new)
     np.testing.assert_allclose(p_half, p_exact, atol=1e-2)

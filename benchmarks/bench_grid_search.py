@@ -1,0 +1,156 @@
+"""Benchmark 2: GridSearchCV over freeze depth, lr and momentum against skorch's own recipe.
+
+Both sides search freeze_depth in {"all", -1, -2} x lr in {0.01, 0.001} x momentum in
+{0.9, 0.0} with 3-fold cross-validation (36 fits, no refit) on the same Fashion-MNIST images.
+The skorch side is skorch's documented recipe: ``NeuralNetClassifier`` wrapping the same
+ImageNet EfficientNet-Lite0 with a new head (preprocessing inside the module: gray to RGB,
+resize, normalisation, channels_last), ``CrossEntropyLoss``, SGD, batch 32, no validation
+split, and ``skorch.callbacks.Freezer`` with parameter-name patterns for the frozen part. Both
+run in one process with ``n_jobs=1``; sktransfer starts from an empty activation cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from _common import (
+    Timer,
+    load_data,
+    loadavg,
+    parse_args,
+    preprocess,
+    report,
+    verdict,
+    warm_up,
+)
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from skorch import NeuralNetClassifier
+from skorch.callbacks import Freezer
+from torch import nn
+
+from sktransfer import TransferClassifier
+from sktransfer._efficientnet_lite import efficientnet_lite0
+from sktransfer.caching import cache_info, clear_cache
+
+TARGET_RATIO = 0.3
+TARGET_SCORE_GAP = 0.02
+
+# Lite0's parameter names: _conv_stem, _bn0, _blocks.0-15, _conv_head, _bn1, _fc. The stages
+# are stem, 7 block groups (1, 2, 2, 3, 3, 4, 1 blocks) and the head convolution, so
+# freeze_depth=-1 trains _conv_head/_bn1 and freeze_depth=-2 adds group 7 (_blocks.15).
+_STEM = ["_conv_stem.*", "_bn0.*"]
+FROZEN_PATTERNS = {
+    "all": _STEM + ["_blocks.*", "_conv_head.*", "_bn1.*"],
+    -1: _STEM + ["_blocks.*"],
+    -2: _STEM + [f"_blocks.{i}.*" for i in range(15)],
+}
+
+
+class Lite0Classifier(nn.Module):
+    """The module a skorch user writes: pretrained Lite0, new head, preprocessing inside."""
+
+    def __init__(self, n_classes=10, size=64):
+        super().__init__()
+        model = efficientnet_lite0("imagenet")
+        model._fc = nn.Linear(model._fc.in_features, n_classes)
+        self.model = model.to(memory_format=torch.channels_last)
+        self.size = size
+
+    def forward(self, x):
+        return self.model(preprocess(x, self.size))
+
+
+def skorch_search(X, y, *, epochs, size, cv, grid):
+    net = NeuralNetClassifier(
+        Lite0Classifier,
+        module__size=size,
+        criterion=nn.CrossEntropyLoss,
+        optimizer=torch.optim.SGD,
+        lr=0.01,
+        optimizer__momentum=0.9,
+        max_epochs=epochs,
+        batch_size=32,
+        iterator_train__shuffle=True,
+        train_split=None,
+        callbacks=[("freezer", Freezer(FROZEN_PATTERNS["all"]))],
+        device="cpu",
+        verbose=0,
+    )
+    params = {
+        "callbacks__freezer__patterns": [
+            [f"model.{p}" for p in FROZEN_PATTERNS[d]] for d in grid["freeze_depth"]
+        ],
+        "lr": grid["lr"],
+        "optimizer__momentum": grid["momentum"],
+    }
+    torch.manual_seed(0)
+    return GridSearchCV(net, params, cv=cv, refit=False, error_score="raise").fit(X, y)
+
+
+def sktransfer_search(X, y, *, epochs, size, cv, grid):
+    clf = TransferClassifier(
+        "efficientnet_lite0", max_epochs=epochs, batch_size=32, input_size=size,
+        random_state=0,
+    )
+    return GridSearchCV(clf, grid, cv=cv, refit=False, error_score="raise").fit(X, y)
+
+
+def main(argv=None):
+    args = parse_args(__doc__.splitlines()[0], argv)
+    n_train, epochs, size = 500, 3, 64
+    grid = {"freeze_depth": ["all", -1, -2], "lr": [0.01, 0.001], "momentum": [0.9, 0.0]}
+    n_splits = 3
+    if args.quick:
+        n_train, epochs, size, n_splits = 20, 1, 32, 2
+        grid = {"freeze_depth": [-2], "lr": [0.01], "momentum": [0.9]}
+    load_before = loadavg()
+    X, y, _, _, data_name = load_data(n_train, 10)
+    cv = StratifiedKFold(n_splits, shuffle=True, random_state=0)
+    n_fits = n_splits * int(np.prod([len(v) for v in grid.values()]))
+    warm_up(size)
+
+    with Timer() as t_skorch:
+        sk = skorch_search(X, y, epochs=epochs, size=size, cv=cv, grid=grid)
+    clear_cache()
+    with Timer() as t_ours:
+        ours = sktransfer_search(X, y, epochs=epochs, size=size, cv=cv, grid=grid)
+    computed = cache_info()["computed"]
+
+    ratio = t_ours.seconds / t_skorch.seconds
+    gap = abs(ours.best_score_ - sk.best_score_)
+    depth_of = {tuple(f"model.{p}" for p in v): k for k, v in FROZEN_PATTERNS.items()}
+    sk_best = dict(sk.best_params_)
+    sk_best["freeze_depth"] = depth_of[tuple(sk_best.pop("callbacks__freezer__patterns"))]
+    sk_best["momentum"] = sk_best.pop("optimizer__momentum")
+
+    def fmt(best):
+        return ", ".join(f"{k}={best[k]!r}" for k in ("freeze_depth", "lr", "momentum"))
+
+    rows = [
+        ["skorch (NeuralNetClassifier + Freezer)", f"{t_skorch.seconds:.1f}", "1.00",
+         f"{sk.best_score_:.3f}", fmt(sk_best)],
+        ["sktransfer", f"{t_ours.seconds:.1f}", f"{ratio:.3f}", f"{ours.best_score_:.3f}",
+         fmt(ours.best_params_)],
+    ]
+    report(
+        "2. GridSearchCV over freeze depth, lr and momentum, against skorch",
+        f"{data_name}: {len(X)} training images, {size} px, {n_fits} fits ({n_splits}-fold CV, "
+        f"grid {grid}), {epochs} epochs per fit on both sides (reduced from 10 to keep the "
+        "skorch search within minutes on 2 cores), batch 32, no refit; one run each.",
+        ["", "search time (s)", "time ratio", "best CV accuracy", "best parameters"],
+        rows,
+        notes=[
+            f"time ratio sktransfer / skorch = {ratio:.3f} (target <= {TARGET_RATIO}): "
+            f"{verdict(ratio <= TARGET_RATIO)}",
+            f"best CV accuracy difference = {gap:.3f} (target <= {TARGET_SCORE_GAP}): "
+            f"{verdict(gap <= TARGET_SCORE_GAP)}",
+            f"sktransfer passed {computed} images through frozen stages for {n_fits} fits "
+            f"on {len(X)} distinct images at {len(grid['freeze_depth'])} depths",
+        ],
+        load_before=load_before,
+    )
+    return {"ratio": ratio, "score_gap": gap}
+
+
+if __name__ == "__main__":
+    main()

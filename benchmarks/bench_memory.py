@@ -1,0 +1,103 @@
+"""Benchmark 5: peak memory of a fit on 5,000 images at 96 px, against its budget.
+
+Each measurement runs in a fresh process and reads the peak resident set size
+(``getrusage``'s ``ru_maxrss``) reached during ``fit``, minus the resident memory just before:
+
+* the fit measured: ``TransferClassifier(input_size=96)`` (default ``freeze_depth=-1``, 1 epoch)
+  on 5,000 uint8 28x28 Fashion-MNIST images, resized per batch inside the network;
+* the fixed cost: the same fit on 100 images with ``cache=False``: the model and its copies
+  (checkpoint, gradients, momentum, epoch snapshot), one batch's working memory at 96 px and
+  the libraries' one-off set-up, none of which grows with the data set.
+
+The budget is that fixed cost plus what grows with the data: the uint8 data itself and the
+activation cache (bounded by ``sktransfer.caching.set_cache_options``). A float32 copy of the
+whole data set at 96 px (5000 x 3 x 96 x 96 x 4 bytes = 553 MB) would show as a peak far above
+it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from _common import load_data, loadavg, max_rss_mb, parse_args, report, rss_mb, verdict
+
+MB = 2**20
+FIXED_COST_IMAGES = 100
+
+
+def child_fit(n, size, cache):
+    import torch  # noqa: F401
+
+    from sktransfer import TransferClassifier
+    from sktransfer.caching import cache_info
+
+    X, y, _, _, _ = load_data(n, 10)
+    before = rss_mb()
+    TransferClassifier("efficientnet_lite0", input_size=size, max_epochs=1, cache=cache,
+                       random_state=0).fit(X, y)
+    return {
+        "before": before, "peak": max_rss_mb(), "data": X.nbytes / MB,
+        "cache": cache_info()["nbytes"] / MB, "n": len(X),
+        "float32_copy": len(X) * 3 * size * size * 4 / MB,
+    }
+
+
+def run_child(*args):
+    """``child_fit(*args)`` in a fresh interpreter."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *map(str, args)],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--child":
+        result = child_fit(int(argv[1]), int(argv[2]), argv[3] == "True")
+        print(json.dumps(result))
+        return result
+    args = parse_args(__doc__.splitlines()[0], argv)
+    n, size = (5000, 96) if not args.quick else (40, 32)
+    load_before = loadavg()
+    fit = run_child(n, size, True)
+    fixed_n = min(FIXED_COST_IMAGES, n)
+    fixed = run_child(fixed_n, size, False)
+
+    increase = fit["peak"] - fit["before"]
+    fixed_cost = fixed["peak"] - fixed["before"]
+    budget = fixed_cost + fit["data"] + fit["cache"]
+    rows = [
+        ["process before fit (imports, data)", f"{fit['before']:.0f}"],
+        ["peak during fit", f"{fit['peak']:.0f}"],
+        ["**increase during fit (measured)**", f"**{increase:.0f}**"],
+        [f"fixed cost (a fit on {fixed_n} images, cache=False, measured)",
+         f"{fixed_cost:.0f}"],
+        [f"uint8 data ({fit['n']} images)", f"{fit['data']:.1f}"],
+        ["activation cache (stored)", f"{fit['cache']:.1f}"],
+        ["**budget (sum of the three lines above)**", f"**{budget:.0f}**"],
+        ["a float32 copy of the data set at this size", f"{fit['float32_copy']:.0f}"],
+    ]
+    ok = increase <= 1.25 * budget
+    report(
+        "5. Peak memory of a fit",
+        f"{fit['n']} Fashion-MNIST images (uint8 28x28) resized to {size} px inside the "
+        "network, default freeze_depth=-1, 1 epoch; peak resident memory (ru_maxrss) in fresh "
+        "processes.",
+        ["", "MB"],
+        rows,
+        notes=[
+            f"measured increase {increase:.0f} MB vs budget {budget:.0f} MB (target: within "
+            f"25% of the budget; a float32 copy of the data set alone would add "
+            f"{fit['float32_copy']:.0f} MB): {verdict(ok)}",
+        ],
+        load_before=load_before,
+    )
+    return {"increase": increase, "budget": budget, "ok": ok}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Benchmark 4: ``predict`` throughput against a plain ``inference_mode`` loop on the same model.
+
+A head-only classifier is fitted once; then the fitted network (``clf.module_``, which holds
+the preprocessing) labels the same new test images through ``clf.predict`` and through a plain
+loop (``torch.inference_mode()``, eval mode, batches of 64 as ``predict`` uses, argmax). The
+default ``predict`` passes new images through the frozen stages once and stores them in the
+activation cache (emptied before each repetition, so nothing is reused); ``cache=False``
+is measured too. Medians of interleaved repetitions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from _common import Timer, load_data, loadavg, median, parse_args, report, verdict, warm_up
+
+from sktransfer import TransferClassifier
+from sktransfer.caching import clear_cache
+
+TARGET_RATIO = 0.95
+BATCH = 64
+
+
+@torch.inference_mode()
+def plain_loop(module, X):
+    module.eval()
+    out = []
+    for i in range(0, len(X), BATCH):
+        out.append(module(torch.from_numpy(X[i:i + BATCH])).argmax(1))
+    return torch.cat(out).numpy()
+
+
+def main(argv=None):
+    args = parse_args(__doc__.splitlines()[0], argv)
+    n_train, n_test, size, reps = 200, 2000, 64, 5
+    if args.quick:
+        n_train, n_test, size, reps = 20, 40, 32, 1
+    load_before = loadavg()
+    X, y, X_test, _, data_name = load_data(n_train, n_test)
+    warm_up(size)
+    clf = TransferClassifier(
+        "efficientnet_lite0", freeze_depth="all", max_epochs=1, input_size=size, random_state=0
+    ).fit(X, y)
+
+    plain_t, cached_t, uncached_t = [], [], []
+    for _ in range(reps):
+        with Timer() as t:
+            labels_plain = clf.classes_[plain_loop(clf.module_, X_test)]
+        plain_t.append(t.seconds)
+        clear_cache()
+        with Timer() as t:
+            labels = clf.predict(X_test)
+        cached_t.append(t.seconds)
+        clf.set_params(cache=False)  # read at predict time
+        with Timer() as t:
+            labels_uncached = clf.predict(X_test)
+        uncached_t.append(t.seconds)
+        clf.set_params(cache=True)
+    agree = float(np.mean(labels == labels_plain))
+    agree_uncached = float(np.mean(labels_uncached == labels_plain))
+
+    n = len(X_test)
+    plain_ips = n / median(plain_t)
+    rows = [["plain inference_mode loop", f"{plain_ips:.0f}", "1.00", "1.000"]]
+    ratios = []
+    for name, times, same in (
+        ("sktransfer predict (default, cache=True)", cached_t, agree),
+        ("sktransfer predict (cache=False)", uncached_t, agree_uncached),
+    ):
+        ips = n / median(times)
+        ratios.append(ips / plain_ips)
+        rows.append([name, f"{ips:.0f}", f"{ips / plain_ips:.3f}", f"{same:.3f}"])
+    worst = min(ratios)
+    report(
+        "4. predict throughput",
+        f"{data_name}: {n} new test images, {size} px, batch {BATCH}, the fitted head-only "
+        f"model; median of {reps} interleaved repetitions.",
+        ["", "images / s", "throughput ratio", "same labels as plain"],
+        rows,
+        notes=[
+            f"lowest throughput ratio sktransfer / plain = {worst:.3f} (target >= "
+            f"{TARGET_RATIO}): {verdict(worst >= TARGET_RATIO)}",
+        ],
+        load_before=load_before,
+    )
+    return {"ratio": worst}
+
+
+if __name__ == "__main__":
+    main()

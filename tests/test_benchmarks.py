@@ -1,0 +1,42 @@
+"""Every benchmark script runs (``--quick``), so that none of them rots."""
+
+import importlib
+import os
+import sys
+
+import pytest
+
+BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "benchmarks")
+SCRIPTS = ["bench_head_only", "bench_grid_search", "bench_full_finetune", "bench_predict",
+           "bench_memory"]
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(BENCH_DIR)
+
+    def load(name):
+        return importlib.import_module(name)
+
+    yield load
+    for name in [*SCRIPTS, "_common"]:
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_benchmark_quick_run_prints_its_table(bench, name, capsys):
+    result = bench(name).main(["--quick"])
+    out = capsys.readouterr().out
+    assert out.startswith("### ")
+    assert "| " in out and "load average" in out
+    assert "target" in out
+    assert result and all(isinstance(v, (bool, float)) for v in result.values())
+
+
+def test_run_all_lists_every_script():
+    with open(os.path.join(BENCH_DIR, "run_all.py")) as fh:
+        source = fh.read()
+    on_disk = sorted(f[:-3] for f in os.listdir(BENCH_DIR) if f.startswith("bench_"))
+    assert on_disk == sorted(SCRIPTS)
+    assert all(f'"{name}"' in source for name in SCRIPTS)
