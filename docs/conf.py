@@ -72,8 +72,8 @@ mathjax3_config = {"chtml": {"displayAlign": "left"}}
 # project without a local inventory is left out of the mapping: references to it render as
 # plain code instead of links, and no fetch (and so no fetch warning) ever happens. To link to
 # one of them, save its objects.inv as _intersphinx/<name>.inv (see _intersphinx/README.md).
-# SKTRANSFER_DOCS_INTERSPHINX=online fetches the missing ones first, for hosts with a network;
-# a failed fetch there is reported and skipped, never an error.
+# SKTRANSFER_DOCS_INTERSPHINX=online first fetches the current inventories, for hosts with a
+# network; a failed fetch there is reported and falls back to the stored file, never an error.
 
 INTERSPHINX_URLS = {
     "python": "https://docs.python.org/3/",
@@ -111,9 +111,8 @@ def _intersphinx_mapping():
     folders = [INVENTORY_DIR]
     if os.environ.get("SKTRANSFER_DOCS_INTERSPHINX") == "online":
         fetched = HERE / "_build" / "intersphinx"
-        missing = [n for n in INTERSPHINX_URLS if not (INVENTORY_DIR / f"{n}.inv").is_file()]
-        _fetch_inventories(missing, fetched)
-        folders.append(fetched)
+        _fetch_inventories(list(INTERSPHINX_URLS), fetched)
+        folders.insert(0, fetched)  # current inventories first, the stored ones as fallback
     mapping = {}
     for name, url in INTERSPHINX_URLS.items():
         for folder in folders:
@@ -208,7 +207,7 @@ sphinx_gallery_conf = {
     "gallery_dirs": ["auto_examples"],
     "filename_pattern": r"[\\/]plot_",
     # examples/demo.py is the command-line demo (make demo), not a gallery page
-    "ignore_pattern": r"(__init__\.py|[\\/]demo\.py)$",
+    "ignore_pattern": r"(__init__|(^|[\\/])demo)\.py$",
     "within_subsection_order": "gallery_order.ExampleOrder",
     "backreferences_dir": "gen_modules/backreferences",
     "doc_module": ("sktransfer",),
@@ -222,5 +221,7 @@ sphinx_gallery_conf = {
     "only_warn_on_example_error": False,
     "download_all_examples": True,
     "capture_repr": ("_repr_html_", "__repr__"),
+    # a block ending in a plot call shows the plot, not the repr of what the call returned
+    "ignore_repr_types": r"matplotlib|mpl_toolkits|sklearn\.metrics\._plot",
     "min_reported_time": 5,
 }

@@ -20,16 +20,8 @@ BACKBONES = [
 OUTPUT = Path("generated") / "backbone_stages.rst.inc"
 
 
-def _format_normalisation(pre):
-    if pre.mean is None:
-        return "none"
-    if tuple(pre.mean) == (0.5, 0.5, 0.5) and tuple(pre.std) == (0.5, 0.5, 0.5):
-        return "mean = std = 0.5"
-    return "ImageNet mean/std"
-
-
 def backbone_rows(names=BACKBONES):
-    """One row per backbone: name, stage names, feature size, parameters, native size."""
+    """One row per backbone: name, stage names, feature size, number of parameters."""
     import torch
 
     from sktransfer import get_backbone
@@ -46,8 +38,6 @@ def backbone_rows(names=BACKBONES):
                     "stages": bb.stage_names,
                     "num_features": bb.num_features,
                     "params": n_params,
-                    "input_size": bb.preprocessing.input_size,
-                    "normalisation": _format_normalisation(bb.preprocessing),
                 }
             )
     return rows
@@ -57,25 +47,20 @@ def render(rows):
     lines = [
         ".. list-table::",
         "   :header-rows: 1",
-        "   :widths: 18 46 10 10 8 14",
+        "   :widths: 22 54 12 12",
         "",
         "   * - ``backbone``",
-        "     - stages, input first (``freeze_depth=k`` freezes the first *k*)",
+        "     - stages, input first",
         "     - features",
         "     - parameters",
-        "     - native size",
-        "     - normalisation",
     ]
     for row in rows:
         stages = ", ".join(f"``{s}``" for s in row["stages"])
-        size = f"{row['input_size']} px" if row["input_size"] else "any"
         lines += [
             f"   * - ``{row['name']}``",
             f"     - {stages} ({len(row['stages'])})",
             f"     - {row['num_features']}",
             f"     - {row['params'] / 1e6:.1f} M",
-            f"     - {size}",
-            f"     - {row['normalisation']}",
         ]
     return "\n".join(lines) + "\n"
 
