@@ -309,8 +309,9 @@ def _spec_attr(v):
         isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0,
         "needs scale, a positive number",
     )
+    _check(isinstance(v.get("dtype"), str), "needs dtype, a numpy dtype name")
     try:
-        dtype = np.dtype(v.get("dtype"))
+        dtype = np.dtype(v["dtype"])
     except TypeError as exc:
         raise ValueError(f"needs dtype, a numpy dtype name ({exc})") from None
     _check(dtype.kind in "biuf", "needs a numeric dtype")
