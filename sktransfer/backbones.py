@@ -297,9 +297,9 @@ def load_weights_file(path):
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             raise ValueError(
-                f"Refused to load {str(path)!r}: it is not a plain weights file and loading "
-                "it would run code (torch.load(weights_only=True) rejected it: "
-                f"{str(exc).splitlines()[0]}). Save the weights with "
+                f"Refused to load {str(path)!r}: it is not a plain weights file (it holds "
+                "Python objects that torch.load(weights_only=True) will not unpickle: loading "
+                "it would run code). Save the weights with "
                 "torch.save(model.state_dict(), path) or as .safetensors."
             ) from exc
         except (RuntimeError, EOFError, OSError) as exc:
@@ -582,14 +582,13 @@ def _resolve_torchvision(name, weights):
         else:
             raise ValueError(
                 f"Unknown weights {weights!r} for {name!r}. Valid: 'DEFAULT', "
-                f"{', '.join(repr(m) for m in enum.__members__)}, a local file path, or None."
+                f"{', '.join(repr(m) for m in enum.__members__ if m != 'DEFAULT')}, a local "
+                "file path, or None."
             )
     ref = chosen if chosen is not None else enum.DEFAULT
     tf = ref.transforms()
     crop = tf.crop_size[0] if hasattr(tf, "crop_size") else None
     kwargs = {}
-    if chosen is not None and "num_classes" in chosen.meta.get("_docs", ""):
-        pass
     if chosen is not None:
         kwargs["num_classes"] = len(chosen.meta["categories"])
     model = builder(weights=None, **kwargs)

@@ -95,13 +95,9 @@ def test_unknown_torchvision_weights_lists_valid_names():
 
 def test_pretrained_weights_missing_offline_names_file_and_remedies(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        with pytest.raises(ValueError) as info:
-            get_backbone("resnet18", weights="DEFAULT")
-    finally:
-        torch.hub.set_dir(old)
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # follow TORCH_HOME, restored afterwards
+    with pytest.raises(ValueError) as info:
+        get_backbone("resnet18", weights="DEFAULT")
     msg = str(info.value)
     assert "resnet18-f37072fd.pth" in msg
     assert "weights=None" in msg and "local weights file" in msg
