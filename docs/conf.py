@@ -44,6 +44,7 @@ exclude_patterns = [
     "_build",
     "_ext",
     "_intersphinx",
+    "_templates",
     "**.ipynb_checkpoints",
     "auto_examples/*.ipynb",
     "auto_examples/*.py",

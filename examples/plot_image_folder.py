@@ -26,7 +26,6 @@ import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 from PIL import Image
 
 from sktransfer.datasets import load_textures

@@ -38,8 +38,8 @@ def rotated_patches(n, size=64, max_angle=30.0, seed=0):
     return X, angles
 
 
-X_train, y_train = rotated_patches(300, seed=0)
-X_test, y_test = rotated_patches(200, seed=1)
+X_train, y_train = rotated_patches(240, seed=0)
+X_test, y_test = rotated_patches(160, seed=1)
 
 fig, axes = plt.subplots(1, 8, figsize=(10, 1.9), layout="constrained")
 for ax, image, angle in zip(axes, X_train, y_train):
@@ -60,7 +60,7 @@ reg = TransferRegressor(
     "efficientnet_lite0",
     freeze_depth=-4,
     lr=0.01,
-    max_epochs=10,
+    max_epochs=8,
     random_state=0,
 )
 reg.fit(X_train, y_train)
