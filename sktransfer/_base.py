@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import numbers
 import os
 import random
@@ -21,7 +22,9 @@ from sklearn.exceptions import InconsistentVersionWarning
 from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet
 from skorch.callbacks import Callback, EarlyStopping, ProgressBar
+from skorch.dataset import unpack_data
 from skorch.helper import predefined_split
+from skorch.hf import AccelerateMixin
 from torch import nn
 from torch.nn.utils import get_total_norm
 
@@ -100,6 +103,72 @@ def _seed_from(random_state):
     return int(random_state)
 
 
+_AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_precision(precision, device):
+    """Refuse a ``precision`` the device cannot train or run in."""
+    if precision == "float16" and torch.device(device).type != "cuda":
+        raise ValueError(
+            f"precision='float16' needs a CUDA device (it trains with a gradient scaler), but "
+            f"the device is {device!r}. Use precision='bfloat16' on the CPU, or 'float32'."
+        )
+
+
+def amp_context(device, precision):
+    """``torch.autocast`` to ``precision`` on ``device``; no-op for ``"float32"``."""
+    if precision in (None, "float32") or device is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=_AMP_DTYPES[precision])
+
+
+def precision_key(key, precision):
+    """Activation-cache key of a prefix run under ``precision`` autocast (float32 rows are
+    stored either way, but their values differ by the rounding of the reduced precision)."""
+    if key is None or precision in (None, "float32"):
+        return key
+    return hashlib.sha256(f"{key}-{precision}".encode()).hexdigest()[:32]
+
+
+def inference_precision(precision, device):
+    """The precision predictions run in: float16 autocast only on CUDA (a model trained in
+    float16 and loaded on a CPU predicts in float32)."""
+    precision = precision or "float32"
+    if precision == "float16" and torch.device(device).type != "cuda":
+        return "float32"
+    return precision
+
+
+def _make_accelerator(spec, precision, device):
+    """A Hugging Face ``Accelerator`` for ``accelerator=spec`` (``"auto"`` or a dict of its
+    keyword arguments); mixed precision follows ``precision``."""
+    try:
+        from accelerate import Accelerator
+    except ImportError as exc:
+        raise ImportError(
+            "accelerator=... needs Hugging Face accelerate: pip install 'sktransfer[accelerate]'."
+        ) from exc
+    kwargs = {} if spec == "auto" else dict(spec)
+    if "mixed_precision" in kwargs:
+        raise ValueError(
+            "Set the precision with precision='bfloat16' or 'float16', not with "
+            "accelerator={'mixed_precision': ...}."
+        )
+    kwargs["mixed_precision"] = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[
+        precision
+    ]
+    if torch.device(device).type == "cpu":
+        kwargs.setdefault("cpu", True)
+    try:
+        return Accelerator(**kwargs)
+    except ValueError as exc:
+        raise ValueError(
+            f"Hugging Face accelerate could not be set up with {kwargs}: {exc} Its mixed "
+            "precision is fixed per process, so fits with different precision= and an "
+            "accelerator need separate processes."
+        ) from exc
+
+
 # ---------------------------------------------------------------------------------------------
 # skorch pieces
 # ---------------------------------------------------------------------------------------------
@@ -110,7 +179,46 @@ class TrainingInterrupted(UserWarning):
 
 
 class _TransferSkorchNet(NeuralNet):
-    """skorch ``NeuralNet`` that optimises only trainable parameters and survives Ctrl-C."""
+    """skorch ``NeuralNet`` that optimises only trainable parameters, survives Ctrl-C and runs
+    its forward passes under autocast to ``precision`` (float16 with a gradient scaler)."""
+
+    def __init__(self, *args, precision="float32", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.precision = precision
+
+    def initialize(self):
+        super().initialize()
+        self.grad_scaler_ = None
+        if self.precision == "float16":
+            self.grad_scaler_ = torch.amp.GradScaler(torch.device(self.device).type)
+        return self
+
+    def train_step_single(self, batch, **fit_params):
+        if self.precision == "float32":
+            return super().train_step_single(batch, **fit_params)
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        with amp_context(self.device, self.precision):
+            y_pred = self.infer(Xi, **fit_params)
+            loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        scaler = getattr(self, "grad_scaler_", None)
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        return {"loss": loss, "y_pred": y_pred}
+
+    def _step_optimizer(self, step_fn):
+        scaler = getattr(self, "grad_scaler_", None)
+        if scaler is None:
+            return super()._step_optimizer(step_fn)
+        # GradScaler takes no closure: compute the gradients, then step through the scaler
+        step_fn()
+        for name in self._optimizers:
+            scaler.step(getattr(self, name + "_"))
+        scaler.update()
+
+    def evaluation_step(self, batch, training=False):
+        with amp_context(self.device, self.precision):
+            out = super().evaluation_step(batch, training=training)
+        return out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
 
     def get_all_learnable_params(self):
         for name, param in self.module_.named_parameters():
@@ -140,6 +248,11 @@ class _TransferSkorchNet(NeuralNet):
             raise _Interrupted from None
 
 
+class _AcceleratedSkorchNet(AccelerateMixin, _TransferSkorchNet):
+    """:class:`_TransferSkorchNet` trained through Hugging Face accelerate (multi-GPU, mixed
+    precision); the model is unwrapped again after training."""
+
+
 class _Interrupted(Exception):
     pass
 
@@ -156,6 +269,11 @@ class _EarlyStopping(EarlyStopping):
             super().on_epoch_end(net, **kwargs)
         except KeyboardInterrupt:
             raise _StopEarly from None
+
+    def on_train_end(self, net, **kwargs):
+        super().on_train_end(net, **kwargs)
+        # the best weights are now the model's: keep no second copy on the device
+        self.best_model_weights_ = None
 
 
 class _Guard(Callback):
@@ -200,7 +318,8 @@ class _Guard(Callback):
             module.eval()
             try:
                 with torch.no_grad():
-                    out = module(self.probe.to(net.device), start=0)
+                    device = net.device or next(module.parameters()).device  # accelerate
+                    out = module(self.probe.to(device), start=0)
             finally:
                 module.train(was)
             if not bool(torch.isfinite(out).all()):
@@ -275,6 +394,9 @@ _COMMON_CONSTRAINTS = {
     "cache": ["boolean"],
     "memory": [None, str, HasMethods(["cache"])],
     "device": [str],
+    "precision": [StrOptions({"float32", "bfloat16", "float16"})],
+    "compile": ["boolean"],
+    "accelerator": [StrOptions({"auto"}), dict, None],
     "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
     "random_state": ["random_state"],
     "verbose": ["verbose"],
@@ -382,11 +504,16 @@ class TransferEstimatorMixin:
         y = take_rows(y, getattr(X, "kept", None), getattr(X, "n_given", None))
         y_enc, y_meta = self._encode_y(y, n_samples=X.shape[0])
         device = resolve_device(self.device)
+        check_precision(self.precision, device)
         seed = _seed_from(self.random_state)
         # inference_mode(False): a fit called inside torch.inference_mode() still trains
         with preserved_global_state(device), torch.inference_mode(False):
+            accelerator = None
+            if self.accelerator is not None:
+                accelerator = _make_accelerator(self.accelerator, self.precision, device)
+                device = str(accelerator.device)
             torch.manual_seed(seed)
-            fitted = self._train(X, y_enc, spec, device, seed)
+            fitted = self._train(X, y_enc, spec, device, seed, accelerator=accelerator)
         # Only now, with training finished, does the estimator change: an error above leaves
         # a previous fit intact.
         for key, value in y_meta.items():
@@ -428,7 +555,7 @@ class TransferEstimatorMixin:
             return entry.input_kind if entry is not None else "image"
         return get_backbone(self.backbone, weights=None).input_kind
 
-    def _train(self, X, y, spec, device, seed):
+    def _train(self, X, y, spec, device, seed, accelerator=None):
         src = make_source(X, spec)
         n = len(src)
         sample = src.batch(np.arange(min(n, 2)))
@@ -483,13 +610,14 @@ class TransferEstimatorMixin:
         )
         cache_key = None
         if use_cache:
-            cache_key = caching.prefix_key(
+            cache_key = precision_key(caching.prefix_key(
                 self, backbone_name, weights_desc, spec, k, seed if self.weights is None else None
-            )
-            Xt = caching.prefix_activations(
-                net, k, src, key=cache_key, device=device, batch_size=self._infer_batch_size(),
-                memory=self.memory,
-            )
+            ), self.precision)
+            with amp_context(device, self.precision):  # the prefix runs as it would uncached
+                Xt = caching.prefix_activations(
+                    net, k, src, key=cache_key, device=device,
+                    batch_size=self._infer_batch_size(), memory=self.memory,
+                )
         if use_cache and Xt is not None:
             net.start = k
             Xt = ArraySource(Xt)
@@ -525,7 +653,7 @@ class TransferEstimatorMixin:
 
         skorch_net = self._make_skorch_net(
             net, y, device, seed, callbacks=callbacks, train_split=train_split,
-            drop_last=drop_last,
+            drop_last=drop_last, accelerator=accelerator,
         )
         interrupted = False
         try:
@@ -549,6 +677,7 @@ class TransferEstimatorMixin:
                 "is unchanged."
             )
         net.eval()
+        _release_training_state(skorch_net, device)
         return {
             "net_": skorch_net,
             "module_": net,
@@ -564,7 +693,7 @@ class TransferEstimatorMixin:
         }
 
     def _make_skorch_net(self, net, y, device, seed, *, callbacks=(), train_split=None,
-                         drop_last=False):
+                         drop_last=False, accelerator=None):
         generator = torch.Generator().manual_seed(seed)
         optimizer_kwargs = {"weight_decay": self.weight_decay}
         if self.optimizer == "sgd":
@@ -576,7 +705,13 @@ class TransferEstimatorMixin:
         # DataLoader workers (decoding, augmentation) are seeded by torch from a draw of
         # ``generator``, itself seeded from random_state: fits stay reproducible.
         num_workers = int(getattr(self, "num_workers", 0) or 0)
-        return _TransferSkorchNet(
+        cls, extra = _TransferSkorchNet, {"device": device, "precision": self.precision}
+        if accelerator is not None:
+            # accelerate places the model and batches and runs the mixed precision itself
+            cls, extra = _AcceleratedSkorchNet, {"accelerator": accelerator, "device": None}
+            # the epoch table from the main process only, and only with verbose
+            extra["callbacks__print_log__sink"] = accelerator.print if self.verbose else print
+        return cls(
             module=net,
             criterion=self._criterion(y),
             optimizer=optimizer,
@@ -592,8 +727,9 @@ class TransferEstimatorMixin:
             iterator_valid__num_workers=num_workers,
             train_split=train_split,
             callbacks=list(callbacks),
-            device=device,
             verbose=int(self.verbose) if self.verbose else 0,
+            compile=bool(getattr(self, "compile", False)),
+            **extra,
             **{f"optimizer__{k_}": v for k_, v in optimizer_kwargs.items()},
         )
 
@@ -665,7 +801,10 @@ class TransferEstimatorMixin:
         )
         net = self.module_
         net.eval()
-        with preserved_global_state(self.device_):
+        # compile=True: the module skorch compiled (it shares the parameters of module_)
+        fwd = getattr(getattr(self, "net_", None), "module_", net) if self.compile else net
+        precision = inference_precision(self.precision, self.device_)
+        with preserved_global_state(self.device_), amp_context(self.device_, precision):
             k = self.n_frozen_stages_
             src = make_source(X, self.input_spec_)
             if self.cache and self.cache_key_ is not None and k > 0:
@@ -674,11 +813,11 @@ class TransferEstimatorMixin:
                     batch_size=self._infer_batch_size(), memory=self.memory,
                 )
                 if acts is not None:
-                    return _finite(_batched_forward(net, ArraySource(acts), self.device_,
+                    return _finite(_batched_forward(fwd, ArraySource(acts), self.device_,
                                                     self._infer_batch_size(), start=k,
                                                     pad=self.input_spec_["kind"] == "vector"))
             return _finite(
-                _batched_forward(net, src, self.device_, self._infer_batch_size(), start=0,
+                _batched_forward(fwd, src, self.device_, self._infer_batch_size(), start=0,
                                  pad=self.input_spec_["kind"] == "vector",
                                  num_workers=int(getattr(self, "num_workers", 0) or 0))
             )
@@ -728,6 +867,21 @@ def check_pickled_version(est, state):
             ),
             stacklevel=3,
         )
+
+
+def _release_training_state(skorch_net, device):
+    """Drop what only training needed, so that a fitted estimator holds one copy of the
+    model on the device: the last epoch's snapshot and the optimizer's state (every ``fit``,
+    ``warm_start`` included, starts a new optimizer)."""
+    skorch_net._last_epoch_state = None
+    skorch_net.module_.zero_grad(set_to_none=True)
+    for name in skorch_net._optimizers:
+        getattr(skorch_net, name + "_").state.clear()
+    accelerator = getattr(skorch_net, "accelerator", None)
+    if accelerator is not None:
+        accelerator.free_memory()  # its references to the prepared model and optimizer
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _history_rows(history):

@@ -105,6 +105,21 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         Folder in which frozen-stage outputs are shared between processes.
     device : str, default="auto"
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    precision : {"float32", "bfloat16", "float16"}, default="float32"
+        Arithmetic of the forward passes in ``fit`` and ``predict``: ``"bfloat16"`` and
+        ``"float16"`` run them under ``torch.autocast`` (automatic mixed precision; weights,
+        gradients and returned predictions stay float32). ``"float16"`` needs CUDA and trains
+        with a gradient scaler; ``"bfloat16"`` works on CUDA and on the CPU.
+    compile : bool, default=False
+        Compile the network with ``torch.compile`` for training and prediction. The first
+        batches then take the compilation time (a minute or more on a CPU); worth it for long
+        runs on a GPU.
+    accelerator : "auto", dict or None, default=None
+        Train through Hugging Face accelerate (``pip install 'sktransfer[accelerate]'``):
+        ``"auto"`` builds ``accelerate.Accelerator()`` in ``fit``, a dict gives its keyword
+        arguments (e.g. ``{"gradient_accumulation_steps": 4}``). Started with
+        ``accelerate launch``, each process trains on its own GPU in data parallel. The
+        accelerator chooses the GPU; mixed precision still comes from ``precision``.
     num_workers : int, default=0
         Worker processes that decode and augment batches (``torch.utils.data.DataLoader``);
         0 does it in the main process. Useful with image files. A callable ``augment`` must
@@ -196,6 +211,9 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         cache=True,
         memory=None,
         device="auto",
+        precision="float32",
+        compile=False,
+        accelerator=None,
         num_workers=0,
         random_state=None,
         verbose=0,
@@ -226,6 +244,9 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         self.cache = cache
         self.memory = memory
         self.device = device
+        self.precision = precision
+        self.compile = compile
+        self.accelerator = accelerator
         self.num_workers = num_workers
         self.random_state = random_state
         self.verbose = verbose

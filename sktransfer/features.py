@@ -11,7 +11,15 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import check_is_fitted
 
 from . import caching
-from ._base import TransferEstimatorMixin, preserved_global_state, resolve_device
+from ._base import (
+    TransferEstimatorMixin,
+    amp_context,
+    check_precision,
+    inference_precision,
+    precision_key,
+    preserved_global_state,
+    resolve_device,
+)
 from ._compat import HasMethods, Interval, StrOptions, _fit_context
 from .data import check_input, check_same_input, make_source
 
@@ -67,6 +75,10 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         Folder in which computed features are shared between processes.
     device : str, default="auto"
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    precision : {"float32", "bfloat16", "float16"}, default="float32"
+        Run the backbone under ``torch.autocast`` to this type (features are returned as
+        float32 either way, and cached apart from float32 ones). ``"float16"`` needs CUDA;
+        ``"bfloat16"`` also runs on the CPU.
 
     Attributes
     ----------
@@ -131,6 +143,7 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         "cache": ["boolean"],
         "memory": [None, str, HasMethods(["cache"])],
         "device": [str],
+        "precision": [StrOptions({"float32", "bfloat16", "float16"})],
     }
 
     # The network builder shared with the estimators reads these fine-tuning settings; for a
@@ -157,6 +170,7 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         cache=True,
         memory=None,
         device="auto",
+        precision="float32",
     ):
         self.backbone = backbone
         self.weights = weights
@@ -169,6 +183,7 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         self.cache = cache
         self.memory = memory
         self.device = device
+        self.precision = precision
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -190,6 +205,7 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             X, input_kind=self._input_kind(), input_shape=self.input_shape, estimator=self
         )
         device = resolve_device(self.device)
+        check_precision(self.precision, device)
         sample = make_source(X, spec).batch(np.arange(min(len(X), 2)))
         with preserved_global_state(device):
             if self.weights is None:
@@ -211,10 +227,10 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         self.n_features_out_ = int(n_out)
         self.input_spec_ = dict(spec)
         self.n_features_in_ = int(np.prod(X.shape[1:]))
-        self._cache_key = caching.prefix_key(
+        self._cache_key = precision_key(caching.prefix_key(
             self, bb.name, bb.weights, spec, depth,
             _RANDOM_INIT_SEED if self.weights is None else None,
-        )
+        ), self.precision)
         return self
 
     def transform(self, X):
@@ -243,7 +259,9 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         net.eval()
         depth = self.stage_names_.index(self.stage_) + 1
         src = make_source(X, self.input_spec_)
-        with preserved_global_state(self.device_), torch.inference_mode():
+        precision = inference_precision(self.precision, self.device_)
+        with preserved_global_state(self.device_), torch.inference_mode(), \
+                amp_context(self.device_, precision):
             acts = None
             if self.cache:
                 acts = caching.prefix_activations(

@@ -67,6 +67,15 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         Folder sharing frozen-stage outputs between processes.
     device : str, default="auto"
         ``"auto"``, ``"cpu"``, ``"cuda"``...
+    precision : {"float32", "bfloat16", "float16"}, default="float32"
+        Forward passes under ``torch.autocast`` to this type in ``fit`` and ``predict``
+        (mixed precision; predictions stay float32). ``"float16"`` needs CUDA (trained with a
+        gradient scaler); ``"bfloat16"`` also runs on the CPU.
+    compile : bool, default=False
+        Compile the network with ``torch.compile`` (slow first batches; for long GPU runs).
+    accelerator : "auto", dict or None, default=None
+        Train through Hugging Face accelerate: ``"auto"`` builds ``accelerate.Accelerator()``
+        in ``fit``, a dict gives its keyword arguments. See :class:`TransferClassifier`.
     num_workers : int, default=0
         DataLoader worker processes decoding and augmenting batches.
     random_state : int, RandomState instance or None, default=None
@@ -145,6 +154,9 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         cache=True,
         memory=None,
         device="auto",
+        precision="float32",
+        compile=False,
+        accelerator=None,
         num_workers=0,
         random_state=None,
         verbose=0,
@@ -174,6 +186,9 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         self.cache = cache
         self.memory = memory
         self.device = device
+        self.precision = precision
+        self.compile = compile
+        self.accelerator = accelerator
         self.num_workers = num_workers
         self.random_state = random_state
         self.verbose = verbose
