@@ -113,6 +113,28 @@ def test_precision_is_validated(tiny_images):
         _clf(precision="half").fit(X, y)
 
 
+def test_float16_training_steps_through_a_gradient_scaler(tiny_vectors, monkeypatch):
+    """The float16 path (autocast, scaled backward, scaler step), run on the CPU's float16
+    autocast with the CUDA requirement lifted: the code a GPU runs, checked without one."""
+    import sktransfer._base
+
+    monkeypatch.setattr(sktransfer._base, "check_precision", lambda precision, device: None)
+    steps = []
+    real_step = torch.amp.GradScaler.step
+
+    def step(self, optimizer, *args, **kwargs):
+        steps.append(self.get_scale())
+        return real_step(self, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "step", step)
+    X, y = tiny_vectors
+    params = dict(weights=None, max_epochs=3, batch_size=20, random_state=0, device="cpu")
+    full = TransferClassifier("test_mlp", **params).fit(X, y)
+    half = TransferClassifier("test_mlp", precision="float16", **params).fit(X, y)
+    assert len(steps) == 3 * 3 and steps[0] > 1  # every step, with the loss scaled up
+    np.testing.assert_allclose(half.predict_proba(X), full.predict_proba(X), atol=1e-2)
+
+
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
