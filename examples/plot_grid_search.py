@@ -12,14 +12,14 @@ other.
 # %%
 # Data
 # ----
-# 40 Fashion-MNIST images per class, 400 in all. Cross-validation uses every image for
+# 30 Fashion-MNIST images per class, 300 in all. Cross-validation uses every image for
 # training and for validation in turn, which is what small data sets need.
 import matplotlib.pyplot as plt
 import numpy as np
 
 from sktransfer.datasets import fetch_fashion_mnist
 
-X, y = fetch_fashion_mnist(subset="train", n_per_class=40, random_state=1, return_X_y=True)
+X, y = fetch_fashion_mnist(subset="train", n_per_class=30, random_state=1, return_X_y=True)
 X_test, y_test = fetch_fashion_mnist(
     subset="test", n_per_class=100, random_state=0, return_X_y=True
 )
@@ -29,7 +29,7 @@ X_test, y_test = fetch_fashion_mnist(
 # ----------
 # Three depths of fine-tuning (the new head alone, and the last one or two stages with it),
 # two learning rates, and plain SGD against SGD with momentum: 12 candidates, each fitted on
-# 3 folds. The images are resized to 32 pixels and trained for 4 epochs to keep the 36 fits
+# 3 folds. The images are resized to 32 pixels and trained for 3 epochs to keep the 36 fits
 # quick.
 #
 # This is cheaper than it looks. The frozen stages' output for each image is computed once and
@@ -45,7 +45,7 @@ param_grid = {
     "momentum": [0.0, 0.9],
 }
 search = GridSearchCV(
-    TransferClassifier("efficientnet_lite0", input_size=32, max_epochs=4, random_state=0),
+    TransferClassifier("efficientnet_lite0", input_size=32, max_epochs=3, random_state=0),
     param_grid,
     cv=StratifiedKFold(n_splits=3, shuffle=True, random_state=0),
     scoring="accuracy",
