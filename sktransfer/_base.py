@@ -188,10 +188,21 @@ class _TransferSkorchNet(NeuralNet):
 
     def initialize(self):
         super().initialize()
+        self._mode_set = None
         self.grad_scaler_ = None
         if self.precision == "float16":
             self.grad_scaler_ = torch.amp.GradScaler(torch.device(self.device).type)
         return self
+
+    def _set_training(self, training=True):
+        # skorch calls this before every batch. Switching each module of a large backbone (and
+        # putting the frozen stages back in eval mode) costs more than a step on cached
+        # activations, so it is done only when the mode changes.
+        mode_set = getattr(self, "_mode_set", None)  # accelerate's initialize skips ours
+        if mode_set is training and self.module_.training is training:
+            return
+        super()._set_training(training)
+        self._mode_set = training
 
     def train_step_single(self, batch, **fit_params):
         if self.precision == "float32":
@@ -288,6 +299,7 @@ class _Guard(Callback):
 
     def on_train_begin(self, net, **kwargs):
         self._batch = 0
+        self._watched = None
         net._last_epoch_state = None
 
     def on_epoch_begin(self, net, **kwargs):
@@ -304,7 +316,10 @@ class _Guard(Callback):
                 f"{self._batch}; stopped before the weights were corrupted further. Lower lr "
                 f"(now {net.lr}), or check X and y for extreme values."
             )
-        if not _state_is_finite(net.module_):
+        if self._watched is None:
+            # the same tensors, updated in place, for the whole fit: found once
+            self._watched = _trained_tensors(net.module_)
+        if not _all_finite(self._watched):
             raise FloatingPointError(
                 f"The weights became NaN or infinite after the optimizer step at epoch "
                 f"{len(net.history)}, batch {self._batch}; training stopped. Lower lr (now "
@@ -333,13 +348,16 @@ class _Guard(Callback):
         }
 
 
-def _state_is_finite(module):
-    """Whether every floating-point tensor that training changes is finite: the trainable
-    parameters and the buffers of modules in training mode (BatchNorm statistics). Frozen
-    stages are left out, so that the check after each step costs what the trained part does."""
+def _trained_tensors(module):
+    """The floating-point tensors that a training step changes: the trainable parameters and
+    the buffers of modules in training mode (BatchNorm statistics). Frozen stages are left out,
+    so that checking them after each step costs what the trained part does."""
     tensors = [p for p in module.parameters() if p.requires_grad]
     tensors += [b for m in module.modules() if m.training for b in m.buffers(recurse=False)]
-    tensors = [t.detach() for t in tensors if t.is_floating_point() and t.numel()]
+    return [t.detach() for t in tensors if t.is_floating_point() and t.numel()]
+
+
+def _all_finite(tensors):
     # the max-norm of a set of tensors is NaN or infinite as soon as one entry is
     return not tensors or bool(torch.isfinite(get_total_norm(tensors, float("inf"))))
 
