@@ -7,6 +7,11 @@ ImageNet EfficientNet-Lite0 with a new head (preprocessing inside the module: gr
 resize, normalisation, channels_last), ``CrossEntropyLoss``, SGD, batch 32, no validation
 split, and ``skorch.callbacks.Freezer`` with parameter-name patterns for the frozen part. Both
 run in one process with ``n_jobs=1``; sktransfer starts from an empty activation cache.
+
+``Freezer`` only sets ``requires_grad=False``: the frozen BatchNorm layers still train their
+running statistics on batch statistics, which sktransfer does not do. A third search, skorch
+with the frozen BatchNorm layers kept in eval mode (what sktransfer trains), tells that recipe
+difference apart from the estimator's machinery in the scores.
 """
 
 from __future__ import annotations
@@ -53,16 +58,28 @@ class Lite0Classifier(nn.Module):
         super().__init__()
         model = efficientnet_lite0("imagenet")
         model._fc = nn.Linear(model._fc.in_features, n_classes)
-        self.model = model.to(memory_format=torch.channels_last)
+        self.model = model
         self.size = size
 
     def forward(self, x):
         return self.model(preprocess(x, self.size))
 
 
-def skorch_search(X, y, *, epochs, size, cv, grid):
+class Lite0FrozenBNEval(Lite0Classifier):
+    """The same, keeping the BatchNorm layers whose parameters are frozen in eval mode."""
+
+    def train(self, mode=True):
+        super().train(mode)
+        if mode:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d) and not m.weight.requires_grad:
+                    m.eval()
+        return self
+
+
+def skorch_search(X, y, *, epochs, size, cv, grid, module=Lite0Classifier):
     net = NeuralNetClassifier(
-        Lite0Classifier,
+        module,
         module__size=size,
         criterion=nn.CrossEntropyLoss,
         optimizer=torch.optim.SGD,
@@ -111,24 +128,32 @@ def main(argv=None):
 
     with Timer() as t_skorch:
         sk = skorch_search(X, y, epochs=epochs, size=size, cv=cv, grid=grid)
+    with Timer() as t_skorch_eval:
+        sk_eval = skorch_search(X, y, epochs=epochs, size=size, cv=cv, grid=grid,
+                                module=Lite0FrozenBNEval)
     clear_cache()
     with Timer() as t_ours:
         ours = sktransfer_search(X, y, epochs=epochs, size=size, cv=cv, grid=grid)
     computed = cache_info()["computed"]
 
     ratio = t_ours.seconds / t_skorch.seconds
-    gap = abs(ours.best_score_ - sk.best_score_)
+    gap = ours.best_score_ - sk.best_score_
+    gap_eval = ours.best_score_ - sk_eval.best_score_
     depth_of = {tuple(f"model.{p}" for p in v): k for k, v in FROZEN_PATTERNS.items()}
-    sk_best = dict(sk.best_params_)
-    sk_best["freeze_depth"] = depth_of[tuple(sk_best.pop("callbacks__freezer__patterns"))]
-    sk_best["momentum"] = sk_best.pop("optimizer__momentum")
 
     def fmt(best):
+        best = dict(best)
+        if "callbacks__freezer__patterns" in best:
+            best["freeze_depth"] = depth_of[tuple(best.pop("callbacks__freezer__patterns"))]
+            best["momentum"] = best.pop("optimizer__momentum")
         return ", ".join(f"{k}={best[k]!r}" for k in ("freeze_depth", "lr", "momentum"))
 
     rows = [
         ["skorch (NeuralNetClassifier + Freezer)", f"{t_skorch.seconds:.1f}", "1.00",
-         f"{sk.best_score_:.3f}", fmt(sk_best)],
+         f"{sk.best_score_:.3f}", fmt(sk.best_params_)],
+        ["skorch, frozen BatchNorm in eval mode", f"{t_skorch_eval.seconds:.1f}",
+         f"{t_skorch_eval.seconds / t_skorch.seconds:.3f}", f"{sk_eval.best_score_:.3f}",
+         fmt(sk_eval.best_params_)],
         ["sktransfer", f"{t_ours.seconds:.1f}", f"{ratio:.3f}", f"{ours.best_score_:.3f}",
          fmt(ours.best_params_)],
     ]
@@ -142,14 +167,18 @@ def main(argv=None):
         notes=[
             f"time ratio sktransfer / skorch = {ratio:.3f} (target <= {TARGET_RATIO}): "
             f"{verdict(ratio <= TARGET_RATIO)}",
-            f"best CV accuracy difference = {gap:.3f} (target <= {TARGET_SCORE_GAP}): "
-            f"{verdict(gap <= TARGET_SCORE_GAP)}",
+            f"best CV accuracy, sktransfer - skorch = {gap:+.3f} (target: within "
+            f"{TARGET_SCORE_GAP}): {verdict(abs(gap) <= TARGET_SCORE_GAP)}"
+            + (" (sktransfer scores higher)" if gap > TARGET_SCORE_GAP else ""),
+            f"best CV accuracy, sktransfer - skorch with frozen BatchNorm in eval mode (the "
+            f"same training) = {gap_eval:+.3f} (target: within {TARGET_SCORE_GAP}): "
+            f"{verdict(abs(gap_eval) <= TARGET_SCORE_GAP)}",
             f"sktransfer passed {computed} images through frozen stages for {n_fits} fits "
             f"on {len(X)} distinct images at {len(grid['freeze_depth'])} depths",
         ],
         load_before=load_before,
     )
-    return {"ratio": ratio, "score_gap": gap}
+    return {"ratio": ratio, "score_gap": gap, "score_gap_same_training": gap_eval}
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import sys
 
 from _common import load_data, loadavg, max_rss_mb, parse_args, report, rss_mb, verdict
 
-MB = 2**20
+MB = 1e6  # bytes; the figures are in MB of 10**6 bytes
 FIXED_COST_IMAGES = 100
 
 

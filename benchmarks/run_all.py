@@ -33,8 +33,10 @@ README = os.path.join(HERE, "README.md")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def run(name, quick):
+def run(name, quick, threads):
     cmd = [sys.executable, os.path.join(HERE, f"{name}.py")] + (["--quick"] if quick else [])
+    if threads:
+        cmd += ["--threads", str(threads)]
     start = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - start
@@ -61,8 +63,13 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small smoke runs")
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these")
     parser.add_argument("--no-readme", action="store_true", help="do not update README.md")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per benchmark")
     args = parser.parse_args(argv)
     names = args.only or BENCHMARKS
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # so that the header reports it
     command = "python benchmarks/run_all.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
     header = (
         f"Machine: {machine()}.\n\nCommand: `{command}` (load average at start: {loadavg()}; "
@@ -71,7 +78,7 @@ def main(argv=None):
     print(header, flush=True)
     sections, total = [], 0.0
     for name in names:
-        out, seconds = run(name, args.quick)
+        out, seconds = run(name, args.quick, args.threads)
         sections.append(out)
         total += seconds
     footer = f"Total time: {total / 60:.1f} min; load average at end: {loadavg()}.\n"
