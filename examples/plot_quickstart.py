@@ -72,7 +72,7 @@ print(f"test accuracy: {clf.score(X_test, y_test):.3f}")
 # :func:`~sktransfer.plotting.plot_learning_curves` draws the training and validation loss of
 # each epoch and, on the right axis, the validation accuracy. Training loss falling far below
 # a validation loss that stalls is the mark of overfitting: with so few images, training more
-# of the network would make it worse.
+# of the network risks making it worse, and more epochs would not help.
 from sktransfer.plotting import plot_learning_curves
 
 ax = plot_learning_curves(clf)
@@ -86,7 +86,8 @@ ax.set_title("EfficientNet-Lite0 on 300 Fashion-MNIST images")
 # pixels.
 from sklearn.metrics import ConfusionMatrixDisplay
 
-disp = ConfusionMatrixDisplay.from_estimator(
+fig, ax = plt.subplots(figsize=(6.5, 6.5), layout="constrained")
+ConfusionMatrixDisplay.from_estimator(
     clf,
     X_test,
     y_test,
@@ -94,9 +95,9 @@ disp = ConfusionMatrixDisplay.from_estimator(
     xticks_rotation="vertical",
     colorbar=False,
     cmap="Blues",
+    ax=ax,
 )
-disp.ax_.set_title("Test set, 50 images per class")
-disp.figure_.set_size_inches(6.5, 6.5)
+ax.set_title("Test set, 50 images per class")
 
 # %%
 # Next steps
