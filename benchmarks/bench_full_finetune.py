@@ -53,7 +53,8 @@ def main(argv=None):
         n_train, epochs, size, reps = 20, 1, 32, 1
     load_before = loadavg()
     X, y, _, _, data_name = load_data(n_train, 10)
-    warm_up(size)
+    if not args.quick:  # a smoke run measures nothing
+        warm_up(size)
 
     plain_epochs, skt_epochs, plain_fits, skt_fits = [], [], [], []
     for rep in range(reps):

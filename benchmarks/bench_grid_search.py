@@ -124,7 +124,8 @@ def main(argv=None):
     X, y, _, _, data_name = load_data(n_train, 10)
     cv = StratifiedKFold(n_splits, shuffle=True, random_state=0)
     n_fits = n_splits * int(np.prod([len(v) for v in grid.values()]))
-    warm_up(size)
+    if not args.quick:  # a smoke run measures nothing
+        warm_up(size)
 
     with Timer() as t_skorch:
         sk = skorch_search(X, y, epochs=epochs, size=size, cv=cv, grid=grid)

@@ -40,7 +40,8 @@ def main(argv=None):
         n_train, n_test, epochs, size, reps = (20, 20, 1, 32, 1)
     load_before = loadavg()
     X, y, X_test, y_test, data_name = load_data(n_train, n_test)
-    warm_up(size)
+    if not args.quick:  # a smoke run measures nothing
+        warm_up(size)
 
     plain_times, skt_times = [], []
     for rep in range(reps):

@@ -37,7 +37,8 @@ def main(argv=None):
         n_train, n_test, size, reps = 20, 40, 32, 1
     load_before = loadavg()
     X, y, X_test, _, data_name = load_data(n_train, n_test)
-    warm_up(size)
+    if not args.quick:  # a smoke run measures nothing
+        warm_up(size)
     clf = TransferClassifier(
         "efficientnet_lite0", freeze_depth="all", max_epochs=1, input_size=size, random_state=0
     ).fit(X, y)

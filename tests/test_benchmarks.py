@@ -5,6 +5,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                          "benchmarks")
@@ -15,18 +16,21 @@ SCRIPTS = ["bench_head_only", "bench_grid_search", "bench_full_finetune", "bench
 @pytest.fixture
 def bench(monkeypatch):
     monkeypatch.syspath_prepend(BENCH_DIR)
+    threads = torch.get_num_threads()
 
     def load(name):
         return importlib.import_module(name)
 
     yield load
+    torch.set_num_threads(threads)
     for name in [*SCRIPTS, "_common"]:
         sys.modules.pop(name, None)
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_benchmark_quick_run_prints_its_table(bench, name, capsys):
-    result = bench(name).main(["--quick"])
+    # one thread: a smoke run measures nothing, and stays fast on a busy machine
+    result = bench(name).main(["--quick", "--threads", "1"])
     out = capsys.readouterr().out
     assert out.startswith("### ")
     assert "| " in out and "load average" in out
