@@ -22,6 +22,7 @@ from ._base import (
 )
 from ._compat import HasMethods, Interval, StrOptions, _fit_context
 from .data import check_input, check_same_input, make_source
+from .images import is_image_list
 
 __all__ = ["TransferFeatures"]
 
@@ -152,6 +153,7 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     _build_network = TransferEstimatorMixin._build_network
     _channels_last = TransferEstimatorMixin._channels_last
     _input_kind = TransferEstimatorMixin._input_kind
+    _image_size = TransferEstimatorMixin._image_size
     freeze_depth = "all"
     train_bn = False
     bn_momentum = None
@@ -191,8 +193,10 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
         Parameters
         ----------
-        X : array-like
-            Images ``(N, H, W, C)``, ``(N, C, H, W)`` or ``(N, H, W)``; or ``(N, F)`` vectors.
+        X : array-like or list of paths or PIL images
+            Images ``(N, H, W, C)``, ``(N, C, H, W)`` or ``(N, H, W)``; ``(N, F)`` vectors; or
+            image files and PIL images, decoded to ``input_size`` (else the backbone's native
+            size). An unreadable file raises a ``ValueError`` naming it.
         y : None
             Ignored.
 
@@ -201,8 +205,13 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         self : TransferFeatures
             The fitted transformer.
         """
+        input_kind = self._input_kind()
+        image_size = (
+            self._image_size() if input_kind == "image" and is_image_list(X) else None
+        )
         X, spec = check_input(
-            X, input_kind=self._input_kind(), input_shape=self.input_shape, estimator=self
+            X, input_kind=input_kind, input_shape=self.input_shape, estimator=self,
+            image_size=image_size,
         )
         device = resolve_device(self.device)
         check_precision(self.precision, device)
@@ -238,8 +247,8 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
         Parameters
         ----------
-        X : array-like
-            Inputs shaped like those given to ``fit``.
+        X : array-like or list of paths or PIL images
+            Inputs like those given to ``fit``.
 
         Returns
         -------

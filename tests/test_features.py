@@ -178,6 +178,29 @@ def test_nan_is_rejected(tiny_vectors):
         TransferFeatures("test_mlp", weights=None).fit(X)
 
 
+def test_image_files_and_pil_images_give_the_features_of_their_pixels(textures, tmp_path):
+    from PIL import Image
+
+    X, _ = textures
+    images = [Image.fromarray(x) for x in X[:4]]
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(str(tmp_path / f"{i}.png"))
+        img.save(paths[-1])
+    expected = TransferFeatures("test_cnn", weights=None).fit(X[:4]).transform(X[:4])
+    from_pil = TransferFeatures("test_cnn", weights=None, input_size=32).fit(images)
+    np.testing.assert_allclose(from_pil.transform(images), expected, atol=1e-6)
+    from_files = TransferFeatures("test_cnn", weights=None, input_size=32).fit(paths)
+    np.testing.assert_allclose(from_files.transform(paths), expected, atol=1e-6)
+
+
+def test_an_unreadable_file_is_named(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="broken.png"):
+        TransferFeatures("test_cnn", weights=None, input_size=16).fit([str(bad)])
+
+
 # -- the linear probe ---------------------------------------------------------------------
 
 
