@@ -150,6 +150,9 @@ def prefix_key(est, backbone_name, weights_desc, spec, k, seed):
     """A string naming everything the prefix output depends on."""
     parts = {
         "backbone": backbone_name,
+        # A callable's name does not tell two factories apart (two lambdas, two partials of one
+        # function): its repr (with its address, or a partial's arguments) does, within a process.
+        "factory": None if isinstance(est.backbone, str) else repr(est.backbone),
         "weights": weights_desc,
         "seed": seed,
         "spec": {key: (list(v) if isinstance(v, tuple) else v) for key, v in spec.items()},

@@ -2,10 +2,13 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections import OrderedDict
+from functools import partial
 
 import numpy as np
 import pytest
 from sklearn.model_selection import GridSearchCV
+from torch import nn
 
 from sktransfer import TransferClassifier, TransferFeatures
 from sktransfer.caching import cache_info, clear_cache, set_cache_options
@@ -91,6 +94,32 @@ def test_another_input_size_is_another_prefix(tiny_images):
     _cnn(freeze_depth=1).fit(X, y)
     _cnn(freeze_depth=1, input_size=12).fit(X, y)
     assert cache_info()["prefixes"] == 2
+
+
+def _two_stage_cnn(width):
+    return nn.Sequential(OrderedDict(
+        a=nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU()),
+        b=nn.Sequential(nn.Conv2d(width, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten()),
+        fc=nn.Linear(8, 2),
+    ))
+
+
+def test_two_factories_of_one_name_are_two_prefixes(tiny_images):
+    X, y = tiny_images
+    narrow, wide = partial(_two_stage_cnn, 4), partial(_two_stage_cnn, 6)
+    _cnn(freeze_depth=1).set_params(backbone=narrow).fit(X, y)
+    wide_clf = _cnn(freeze_depth=1).set_params(backbone=wide).fit(X, y)
+    assert cache_info()["prefixes"] == 2
+    plain = _cnn(freeze_depth=1, cache=False).set_params(backbone=wide).fit(X, y)
+    np.testing.assert_allclose(wide_clf.predict_proba(X), plain.predict_proba(X), atol=1e-6)
+
+
+def test_clones_of_a_factory_share_its_prefix(tiny_images):
+    X, y = tiny_images
+    clf = _cnn(freeze_depth=1).set_params(backbone=partial(_two_stage_cnn, 4))
+    GridSearchCV(clf, {"lr": [0.01, 0.1]}, cv=2).fit(X, y)
+    assert cache_info()["computed"] == len(X)
 
 
 def test_head_only_classifier_reuses_linear_probe_features(textures):
