@@ -160,6 +160,8 @@ def prefix_key(est, backbone_name, weights_desc, spec, k, seed):
         "grayscale": est.grayscale,
         "k": k,
         "torch": torch.__version__,
+        # float16 rows must never be taken for exact ones (a shared ``memory`` folder)
+        "storage": _OPTIONS["dtype"],
     }
     if weights_desc and os.path.isfile(str(weights_desc)):
         st = os.stat(str(weights_desc))

@@ -192,6 +192,18 @@ def test_float16_storage_halves_memory_and_stays_close(textures):
     assert not np.array_equal(p_half, p_exact)
 
 
+def test_float16_rows_are_never_read_as_exact_ones(tiny_images, tmp_path):
+    X, y = tiny_images
+    set_cache_options(dtype="float16")
+    _cnn(freeze_depth=2, memory=str(tmp_path)).fit(X, y)
+    clear_cache()
+    set_cache_options(dtype="float32")
+    exact = _cnn(freeze_depth=2, memory=str(tmp_path)).fit(X, y)
+    assert cache_info()["computed"] == len(X)  # the float16 files were not used
+    plain = _cnn(freeze_depth=2, cache=False).fit(X, y)
+    np.testing.assert_array_equal(exact.predict_proba(X), plain.predict_proba(X))
+
+
 def test_invalid_options_are_refused():
     with pytest.raises(ValueError, match="dtype must be 'float32' or 'float16'"):
         set_cache_options(dtype="int8")
