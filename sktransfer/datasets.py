@@ -479,13 +479,13 @@ def load_mnist_5k(*, return_X_y=False):
     imported). It is a header-less CSV with one image per row: 784 pixel values
     (0-255, the 28x28 image row by row) followed by the label.
 
-    =================   ==================
-    Classes                             10
-    Samples per class                  500
-    Samples total                    5,000
-    Dimensionality        28 x 28 (uint8)
-    Features          integers in [0, 255]
-    =================   ==================
+    =================   ====================
+    Classes                               10
+    Samples per class                    500
+    Samples total                      5,000
+    Dimensionality          28 x 28 (uint8)
+    Features            integers in [0, 255]
+    =================   ====================
 
     Parameters
     ----------

@@ -252,7 +252,7 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_features_out_), dtype float32
+        X_new : ndarray of shape (n_samples, n_features_out), dtype float32
             The backbone's features (or the pooled output of ``stage``).
         """
         check_is_fitted(self, "module_")
