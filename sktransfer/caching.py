@@ -51,9 +51,11 @@ def set_cache_options(*, max_bytes=None, dtype=None):
     Examples
     --------
     >>> from sktransfer.caching import set_cache_options, cache_info
-    >>> set_cache_options(max_bytes=2**30)
-    >>> cache_info()["max_bytes"]
-    1073741824
+    >>> before = cache_info()
+    >>> set_cache_options(max_bytes=2**30, dtype="float16")
+    >>> cache_info()["max_bytes"], cache_info()["dtype"]
+    (1073741824, 'float16')
+    >>> set_cache_options(max_bytes=before["max_bytes"], dtype=before["dtype"])
     """
     if max_bytes is not None:
         if int(max_bytes) < 0:
@@ -128,13 +130,53 @@ _CACHE = _ActivationCache()
 
 
 def clear_cache():
-    """Empty the in-process activation cache."""
+    """Empty the in-process activation cache.
+
+    Stored activations are freed and the counters of :func:`cache_info` reset; the options
+    of :func:`set_cache_options` are kept. Folders given as ``memory=`` are not touched.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sktransfer import TransferClassifier
+    >>> from sktransfer.caching import cache_info, clear_cache
+    >>> X = np.random.RandomState(0).rand(20, 16, 16, 3).astype(np.float32)
+    >>> clf = TransferClassifier("test_cnn", weights=None, freeze_depth=2, max_epochs=2,
+    ...                          random_state=0).fit(X, [0, 1] * 10)
+    >>> cache_info()["nbytes"] > 0
+    True
+    >>> clear_cache()
+    >>> cache_info()["nbytes"], cache_info()["hits"]
+    (0, 0)
+    """
     _CACHE.clear()
 
 
 def cache_info():
-    """Counters of the in-process cache: ``hits``, ``misses``, ``computed`` (samples passed
-    through a prefix), ``nbytes``, ``prefixes``, ``max_bytes``, ``dtype``."""
+    """Counters and settings of the in-process activation cache.
+
+    Returns
+    -------
+    info : dict
+        ``hits`` and ``misses`` (samples looked up and found or not), ``computed`` (samples
+        passed through a frozen prefix), ``nbytes`` (memory held), ``prefixes`` (frozen
+        prefixes stored), ``max_bytes`` and ``dtype`` (see :func:`set_cache_options`).
+
+    Examples
+    --------
+    Each image passes through the frozen stages once, however many epochs and fits use it:
+
+    >>> import numpy as np
+    >>> from sktransfer import TransferClassifier
+    >>> from sktransfer.caching import cache_info, clear_cache
+    >>> clear_cache()
+    >>> X = np.random.RandomState(0).rand(20, 16, 16, 3).astype(np.float32)
+    >>> for lr in (0.1, 0.01):
+    ...     _ = TransferClassifier("test_cnn", weights=None, freeze_depth=2, lr=lr,
+    ...                            max_epochs=3, random_state=0).fit(X, [0, 1] * 10)
+    >>> cache_info()["computed"], cache_info()["prefixes"]
+    (20, 1)
+    """
     return {
         "hits": _CACHE.hits,
         "misses": _CACHE.misses,
@@ -189,6 +231,10 @@ def _read_disk(folder, digest):
         return None
 
 
+def _on_disk(folder, digest):
+    return os.path.isfile(os.path.join(folder, digest.hex() + ".npy"))
+
+
 def _write_disk(folder, digest, row):
     path = os.path.join(folder, digest.hex() + ".npy")
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -206,10 +252,15 @@ def prefix_activations(net, k, source, *, key, device, batch_size, memory=None):
     digests = source.digests()
     rows = _CACHE.get(key, digests)
     folder = _memory_dir(memory, key)
+    from_disk, unsaved = [], []
     if folder is not None:
         for i, r in enumerate(rows):
             if r is None:
                 rows[i] = _read_disk(folder, digests[i])
+                if rows[i] is not None:
+                    from_disk.append(i)
+            elif not _on_disk(folder, digests[i]):
+                unsaved.append(i)  # computed earlier in this process, before memory= was set
     missing = [i for i, r in enumerate(rows) if r is None]
     store_dtype = torch.float16 if _OPTIONS["dtype"] == "float16" else torch.float32
     new_rows = []
@@ -237,10 +288,13 @@ def prefix_activations(net, k, source, *, key, device, batch_size, memory=None):
         finally:
             net.train(was)
         _CACHE.computed += len(missing)
-        _CACHE.put(key, [digests[i] for i in new_rows], [rows[i] for i in new_rows])
-        if folder is not None:
-            for i in new_rows:
-                _write_disk(folder, digests[i], rows[i])
+    # rows read from the folder are kept in memory too, for the next fit of this process
+    kept = new_rows + from_disk
+    if kept:
+        _CACHE.put(key, [digests[i] for i in kept], [rows[i] for i in kept])
+    if folder is not None:
+        for i in new_rows + unsaved:
+            _write_disk(folder, digests[i], rows[i])
     if len(rows) and rows[0].numel() * 4 * len(rows) > _OPTIONS["max_bytes"]:
         return None
     if rows and rows[0].dim() == 3 and getattr(getattr(net, "preprocess", None), "channels_last",

@@ -248,3 +248,29 @@ def test_memory_folder_shares_activations_between_processes(tiny_images, tmp_pat
     assert info["computed"] == 0  # every activation was found in the folder
     np.testing.assert_allclose(np.load(tmp_path / "proba.npy"), first.predict_proba(X),
                                atol=1e-6)
+
+
+def test_memory_folder_receives_rows_computed_before_it_was_given(tiny_images, tmp_path):
+    X, y = tiny_images
+    _cnn(freeze_depth=2).fit(X, y)  # fills the in-process cache only
+    assert cache_info()["computed"] == len(X)
+    folder = tmp_path / "acts"
+    _cnn(freeze_depth=2, memory=str(folder)).fit(X, y)
+    assert cache_info()["computed"] == len(X)  # nothing recomputed...
+    files = [f for _, _, fs in os.walk(folder) for f in fs if f.endswith(".npy")]
+    assert len(files) == len(X)  # ...and every row reached the folder for other processes
+
+
+def test_rows_read_from_the_memory_folder_stay_in_memory(tiny_images, tmp_path):
+    X, y = tiny_images
+    folder = tmp_path / "acts"
+    _cnn(freeze_depth=2, memory=str(folder)).fit(X, y)
+    clear_cache()
+    _cnn(freeze_depth=2, memory=str(folder)).fit(X, y)
+    assert cache_info()["computed"] == 0 and cache_info()["nbytes"] > 0
+    for f in (p for p in folder.rglob("*.npy")):
+        f.unlink()  # the folder is emptied: the next fit is served from memory
+    plain = _cnn(freeze_depth=2, cache=False).fit(X, y)
+    again = _cnn(freeze_depth=2, memory=str(folder)).fit(X, y)
+    assert cache_info()["computed"] == 0
+    np.testing.assert_array_equal(again.predict_proba(X), plain.predict_proba(X))
