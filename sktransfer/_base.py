@@ -33,7 +33,7 @@ from ._compat import HasMethods, Interval, StrOptions
 from ._network import TransferNet, dry_run, frozen_prefix_is_exact
 from .augment import make_augmenter
 from .backbones import get_backbone
-from .data import (
+from ._data import (
     ArrayDataset,
     ArraySource,
     Preprocess,
@@ -42,7 +42,7 @@ from .data import (
     collate_batch,
     make_source,
 )
-from .freezing import n_frozen_stages
+from ._freezing import n_frozen_stages
 from .images import is_image_list, take_rows
 
 __all__ = ["TransferEstimatorMixin"]

@@ -7,7 +7,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .freezing import apply_freezing, set_frozen_eval
+from ._freezing import apply_freezing, set_frozen_eval
 
 
 class TransferNet(nn.Module):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["BatchAugmenter", "light_augmentation", "make_augmenter"]
+__all__ = ["BatchAugmenter", "light_augmentation"]
 
 
 def light_augmentation(height, width):
@@ -63,7 +63,7 @@ class BatchAugmenter:
     transform : callable
         ``(C, H, W)`` tensor -> ``(C, H, W)`` tensor.
     spec : dict
-        The input description from :func:`sktransfer.data.check_input`.
+        The input description from :func:`sktransfer._data.check_input`.
 
     Examples
     --------
@@ -117,7 +117,28 @@ class BatchAugmenter:
         return self._from_nchw(out * self.scale).contiguous()
 
     def check(self, sample):
-        """Run once on a raw sample batch, so a broken transform fails before training."""
+        """Run once on a raw sample batch, so a broken transform fails before training.
+
+        Parameters
+        ----------
+        sample : torch.Tensor
+            A few raw inputs, in the layout of the training data.
+
+        Raises
+        ------
+        ValueError
+            If the transform changes the image shape or returns no tensor.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from sktransfer.augment import BatchAugmenter
+        >>> crop = BatchAugmenter(lambda img: img[:, :1], {"layout": "nhwc", "scale": 255.0})
+        >>> crop.check(torch.zeros(1, 2, 2, 3, dtype=torch.uint8))
+        Traceback (most recent call last):
+        ...
+        ValueError: augment must return a tensor of the shape it was given, (3, 2, 2) ...
+        """
         self(sample)
 
 
@@ -130,7 +151,7 @@ def make_augmenter(augment, spec):
         ``None``: no augmentation; ``"light"``: :func:`light_augmentation`; a callable (e.g. a
         torchvision transform) is applied to each ``(C, H, W)`` float image in [0, 1].
     spec : dict
-        The input description from :func:`sktransfer.data.check_input`.
+        The input description from :func:`sktransfer._data.check_input`.
 
     Returns
     -------

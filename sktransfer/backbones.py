@@ -58,6 +58,12 @@ class Preprocessing:
         Per-channel normalisation applied to images scaled to [0, 1].
     in_channels : int
         Number of input channels the first layer expects.
+
+    Examples
+    --------
+    >>> from sktransfer import get_backbone
+    >>> get_backbone("efficientnet_lite0", weights=None).preprocessing
+    Preprocessing(input_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), in_channels=3)
     """
 
     input_size: int | None = None
@@ -85,6 +91,18 @@ class Backbone:
         Whether the backbone takes images ``(N, C, H, W)`` or vectors ``(N, F)``.
     weights : str or None
         Description of the weights loaded (``None`` for random initialisation).
+
+    Examples
+    --------
+    Composed in order, the stages map images to pooled features:
+
+    >>> import torch
+    >>> from sktransfer import get_backbone
+    >>> bb = get_backbone("test_cnn")
+    >>> bb.stage_names, bb.input_kind, bb.num_features
+    (['stem', 'block1', 'block2'], 'image', 16)
+    >>> torch.nn.Sequential(*bb.stages.values())(torch.rand(2, 3, 16, 16)).shape
+    torch.Size([2, 16])
     """
 
     name: str
@@ -96,7 +114,14 @@ class Backbone:
 
     @property
     def stage_names(self):
-        """Names of the stages, input first."""
+        """Names of the stages, input first.
+
+        Examples
+        --------
+        >>> from sktransfer import get_backbone
+        >>> get_backbone("resnet18").stage_names
+        ['stem', 'layer1', 'layer2', 'layer3', 'layer4']
+        """
         return list(self.stages)
 
 
@@ -274,6 +299,32 @@ def load_weights_file(path):
     -------
     state_dict : dict of str to torch.Tensor
         The tensors, on CPU.
+
+    Examples
+    --------
+    >>> import os, tempfile, torch
+    >>> from safetensors.torch import save_file
+    >>> from sktransfer.backbones import load_weights_file
+    >>> folder = tempfile.mkdtemp()
+    >>> state = torch.nn.Linear(3, 2).state_dict()
+    >>> torch.save(state, os.path.join(folder, "w.pt"))
+    >>> save_file(state, os.path.join(folder, "w.safetensors"))
+    >>> sorted(load_weights_file(os.path.join(folder, "w.pt")))
+    ['bias', 'weight']
+    >>> loaded = load_weights_file(os.path.join(folder, "w.safetensors"))
+    >>> torch.equal(loaded["weight"], state["weight"])
+    True
+
+    A pickle that would run code is refused:
+
+    >>> class Payload:
+    ...     def __reduce__(self):
+    ...         return (print, ("this never runs",))
+    >>> torch.save({"weight": Payload()}, os.path.join(folder, "evil.pt"))
+    >>> load_weights_file(os.path.join(folder, "evil.pt"))
+    Traceback (most recent call last):
+    ...
+    ValueError: Refused to load '...evil.pt': it is not a plain weights file ...
     """
     path = Path(path)
     if not path.is_file():

@@ -329,6 +329,17 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         -------
         self : TransferClassifier
             The fitted estimator.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sktransfer import TransferClassifier
+        >>> X = np.random.RandomState(0).randint(0, 256, (20, 16, 16, 3), dtype=np.uint8)
+        >>> y = np.array(["cat", "dog"] * 10)
+        >>> clf = TransferClassifier("test_cnn", weights=None, freeze_depth=1, max_epochs=2,
+        ...                          random_state=0).fit(X, y)
+        >>> clf.classes_.tolist(), clf.n_features_in_, len(clf.history_)
+        (['cat', 'dog'], 768, 2)
         """
         self._class_weight_values = None
         return self._fit(X, y)
@@ -345,12 +356,46 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         -------
         proba : ndarray of shape (n_samples, n_classes)
             Rows sum to 1.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sktransfer import TransferClassifier
+        >>> X = np.random.RandomState(0).randint(0, 256, (20, 16, 16, 3), dtype=np.uint8)
+        >>> y = np.array(["cat", "dog"] * 10)
+        >>> clf = TransferClassifier("test_cnn", weights=None, max_epochs=1, random_state=0)
+        >>> proba = clf.fit(X, y).predict_proba(X[:4])
+        >>> proba.shape, np.allclose(proba.sum(axis=1), 1.0)
+        ((4, 2), True)
         """
         logits = torch.from_numpy(self._forward(X))
         return torch.softmax(logits.double(), dim=1).numpy()
 
     def predict_log_proba(self, X):
-        """Log of :meth:`predict_proba`."""
+        """Log of :meth:`predict_proba`, computed without underflow.
+
+        Parameters
+        ----------
+        X : array-like
+            Inputs shaped like those given to ``fit``.
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_samples, n_classes)
+            Columns in the order of ``classes_``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sktransfer import TransferClassifier
+        >>> X = np.random.RandomState(0).randint(0, 256, (20, 16, 16, 3), dtype=np.uint8)
+        >>> y = np.array(["cat", "dog"] * 10)
+        >>> clf = TransferClassifier("test_cnn", weights=None, max_epochs=1, random_state=0)
+        >>> clf.fit(X, y)
+        TransferClassifier(...)
+        >>> np.allclose(np.exp(clf.predict_log_proba(X[:4])), clf.predict_proba(X[:4]))
+        True
+        """
         logits = torch.from_numpy(self._forward(X))
         return torch.log_softmax(logits.double(), dim=1).numpy()
 
@@ -366,6 +411,17 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         -------
         y : ndarray of shape (n_samples,)
             Labels in the original dtype.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sktransfer import TransferClassifier
+        >>> X = np.random.RandomState(0).randint(0, 256, (20, 16, 16, 3), dtype=np.uint8)
+        >>> y = np.array(["cat", "dog"] * 10)
+        >>> clf = TransferClassifier("test_cnn", weights=None, max_epochs=1, random_state=0)
+        >>> pred = clf.fit(X, y).predict(X[:4])
+        >>> pred.shape, set(pred) <= {"cat", "dog"}
+        ((4,), True)
         """
         scores = self._forward(X)
         return self.classes_[np.argmax(scores, axis=1)]

@@ -17,7 +17,7 @@ import os
 import sys
 import warnings
 
-__all__ = ["build_parser", "load_model", "main", "save_model"]
+__all__ = ["main"]
 
 _PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 
@@ -28,16 +28,10 @@ A data folder holds one sub-folder per class: DATA_DIR/<class>/<image>.
 """
 
 _EPILOG = """\
-subcommands:
-  fit        fine-tune a backbone on DATA_DIR and save the model
-  predict    predict the classes of image files with a saved model (CSV output)
-  evaluate   accuracy, classification report and confusion matrix on a labelled folder
-  backbones  list the backbones and whether their pretrained weights are available offline
-
 Models saved to a .joblib/.pkl/.pickle path are pickles: load only files you trust. Any other
-path (e.g. model.skt) is written in sktransfer's safe format (no pickle) when this version has it.
+path (e.g. model.skt) is written in sktransfer's safe format (no pickle).
 
-exit status: 0 success, 1 error (message on stderr), 2 usage error.
+exit status: 0 success, 1 error (message on stderr), 2 usage error, 130 interrupted.
 example:
   sktransfer fit photos/ --backbone efficientnet_lite0 --epochs 5 --out model.skt
   sktransfer predict model.skt new_photos/ --output predictions.csv
@@ -56,7 +50,7 @@ def _is_pickle_path(path):
 
 def save_model(estimator, path):
     """Save a fitted estimator: joblib for ``.joblib``/``.pkl``/``.pickle`` paths, else the
-    safe format of :mod:`sktransfer.persistence` (joblib where this version lacks it).
+    safe format of :func:`sktransfer.save` (a folder of JSON and safetensors).
 
     Parameters
     ----------
@@ -67,7 +61,7 @@ def save_model(estimator, path):
     """
     from . import persistence
 
-    if not _is_pickle_path(path) and hasattr(persistence, "save"):
+    if not _is_pickle_path(path):
         persistence.save(estimator, path)
         return
     import joblib
@@ -92,7 +86,7 @@ def load_model(path):
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"Model {os.fspath(path)!r} does not exist.")
-    if not _is_pickle_path(path) and hasattr(persistence, "load"):
+    if not _is_pickle_path(path):
         return persistence.load(path)
     import joblib
 
@@ -102,6 +96,15 @@ def load_model(path):
 # ---------------------------------------------------------------------------------------------
 # Argument types
 # ---------------------------------------------------------------------------------------------
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except for required options and those without one."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _freeze_depth(text):
@@ -167,7 +170,7 @@ def build_parser():
     )
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     sub.required = True
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsFormatter
 
     # -- fit ------------------------------------------------------------------------------------
     fit = sub.add_parser(

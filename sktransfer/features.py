@@ -21,7 +21,7 @@ from ._base import (
     resolve_device,
 )
 from ._compat import HasMethods, Interval, StrOptions, _fit_context
-from .data import check_input, check_same_input, make_source
+from ._data import check_input, check_same_input, make_source
 from .images import is_image_list
 
 __all__ = ["TransferFeatures"]
@@ -204,6 +204,15 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         -------
         self : TransferFeatures
             The fitted transformer.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sktransfer import TransferFeatures
+        >>> X = np.random.RandomState(0).rand(4, 16, 16, 3).astype(np.float32)
+        >>> feats = TransferFeatures("test_cnn", weights=None).fit(X)
+        >>> feats.stage_names_, feats.stage_, feats.n_features_out_
+        (['stem', 'block1', 'block2'], 'block2', 16)
         """
         input_kind = self._input_kind()
         image_size = (
@@ -254,6 +263,16 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         -------
         X_new : ndarray of shape (n_samples, n_features_out), dtype float32
             The backbone's features (or the pooled output of ``stage``).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sktransfer import TransferFeatures
+        >>> X = np.random.RandomState(0).rand(4, 16, 16, 3).astype(np.float32)
+        >>> TransferFeatures("test_cnn", weights=None).fit(X).transform(X).shape
+        (4, 16)
+        >>> TransferFeatures("test_cnn", weights=None, stage="block1").fit_transform(X).shape
+        (4, 8)
         """
         check_is_fitted(self, "module_")
         X = check_same_input(

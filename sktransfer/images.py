@@ -15,7 +15,7 @@ Decoding rules (applied identically in ``fit`` and ``predict``):
   - grayscale (``L``, ``1``) is repeated to three channels;
   - 16-bit and 32-bit integer grayscale (``I;16*``, ``I``) is taken to span [0, 65535] and
     divided by 257 (65535 -> 255), values outside clipped; float grayscale (``F``) is taken to
-    span [0, 1] and multiplied by 255, as float arrays are (see :mod:`sktransfer.data`);
+    span [0, 1] and multiplied by 255, as float arrays are (see :mod:`sktransfer._data`);
   - transparency (``RGBA``, ``LA``, ``PA``, palette images with a transparent colour) is
     composited on a white background, as a page shows it;
   - ``CMYK`` and the other colour spaces use Pillow's built-in conversion to RGB (no ICC
@@ -46,16 +46,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .data import InputSpec
+from ._data import InputSpec
 
-__all__ = [
-    "BadImageError",
-    "ImageSource",
-    "check_image_input",
-    "decode_image",
-    "is_image_list",
-    "load_images",
-]
+__all__ = ["BadImageError", "decode_image", "is_image_list", "load_images"]
 
 # Never swallowed: a decompression bomb is the user's to see, whatever the error policy.
 _PROPAGATE = (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError)
@@ -64,7 +57,29 @@ _MAX_LISTED = 100
 
 
 class BadImageError(ValueError):
-    """Some images could not be read; ``paths`` names every one of them."""
+    """Some images could not be read; ``paths`` names every one of them.
+
+    A subclass of :class:`ValueError`. Estimators raise it in ``fit`` and ``predict`` with
+    ``on_bad_image="raise"`` (the default), after checking every image, so one run lists them
+    all; ``on_bad_image="skip"`` leaves them out of ``fit`` instead.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> from sktransfer.images import BadImageError, load_images
+    >>> folder = tempfile.mkdtemp()
+    >>> good = os.path.join(folder, "good.png")
+    >>> Image.new("RGB", (8, 8)).save(good)
+    >>> bad = os.path.join(folder, "bad.png")
+    >>> with open(bad, "wb") as fh:
+    ...     _ = fh.write(b"not an image")
+    >>> try:
+    ...     load_images([good, bad], 8)
+    ... except BadImageError as exc:
+    ...     print([os.path.basename(p) for p in exc.paths])
+    ['bad.png']
+    """
 
     def __init__(self, message, paths=()):
         super().__init__(message)
@@ -304,7 +319,7 @@ def _check_size(size):
 class ImageSource:
     """Images decoded lazily, batch by batch, to ``(size, size, 3)`` uint8.
 
-    A *source* in the sense of :class:`sktransfer.data.ArraySource`: ``len``,
+    A *source* in the sense of :class:`sktransfer._data.ArraySource`: ``len``,
     ``batch(indices)`` (decodes only those images), ``take(indices)`` and ``digests()``.
 
     The digest of a file is a hash of its bytes (not of its path or modification time): a copy

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["load", "rebuild_module", "save"]
+__all__ = ["load", "save"]
 
 FORMAT_NAME = "sktransfer-estimator"
 FORMAT_VERSION = 1

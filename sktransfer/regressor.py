@@ -257,6 +257,17 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         -------
         self : TransferRegressor
             The fitted estimator.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sktransfer import TransferRegressor
+        >>> X = np.random.RandomState(0).rand(20, 16, 16, 3).astype(np.float32)
+        >>> y = X.mean(axis=(1, 2, 3))
+        >>> reg = TransferRegressor("test_cnn", weights=None, max_epochs=2,
+        ...                         random_state=0).fit(X, y)
+        >>> reg.n_outputs_, [round(row["train_loss"], 6) >= 0 for row in reg.history_]
+        (1, [True, True])
         """
         return self._fit(X, y)
 
@@ -272,6 +283,18 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         -------
         y : ndarray of shape (n_samples,) or (n_samples, n_targets)
             Predictions.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sktransfer import TransferRegressor
+        >>> X = np.random.RandomState(0).rand(20, 16, 16, 3).astype(np.float32)
+        >>> Y = np.c_[X.mean(axis=(1, 2, 3)), X.std(axis=(1, 2, 3))]
+        >>> reg = TransferRegressor("test_cnn", weights=None, max_epochs=1, random_state=0)
+        >>> reg.fit(X, Y).predict(X[:3]).shape
+        (3, 2)
+        >>> reg.fit(X, Y[:, 0]).predict(X[:3]).shape
+        (3,)
         """
         out = self._forward(X).astype(np.float64) * self._y_scale + self._y_mean
         return out.ravel() if self._y_ndim == 1 else out
