@@ -37,6 +37,7 @@ extensions = [
     "numpydoc",
     "sphinx_gallery.gen_gallery",
     "backbone_table",
+    "cli_help",
 ]
 
 templates_path = ["_templates"]
