@@ -271,7 +271,7 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         >>> X = np.random.RandomState(0).rand(4, 16, 16, 3).astype(np.float32)
         >>> TransferFeatures("test_cnn", weights=None).fit(X).transform(X).shape
         (4, 16)
-        >>> TransferFeatures("test_cnn", weights=None, stage="block1").fit_transform(X).shape
+        >>> TransferFeatures("test_cnn", weights=None, stage="stem").fit_transform(X).shape
         (4, 8)
         """
         check_is_fitted(self, "module_")

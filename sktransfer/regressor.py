@@ -266,8 +266,8 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         >>> y = X.mean(axis=(1, 2, 3))
         >>> reg = TransferRegressor("test_cnn", weights=None, max_epochs=2,
         ...                         random_state=0).fit(X, y)
-        >>> reg.n_outputs_, [round(row["train_loss"], 6) >= 0 for row in reg.history_]
-        (1, [True, True])
+        >>> reg.n_outputs_, len(reg.history_), sorted(reg.history_[-1])[:3]
+        (1, 2, ['dur', 'epoch', 'train_loss'])
         """
         return self._fit(X, y)
 
