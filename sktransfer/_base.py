@@ -30,9 +30,6 @@ from torch.nn.utils import get_total_norm
 
 from . import caching
 from ._compat import HasMethods, Interval, StrOptions
-from ._network import TransferNet, dry_run, frozen_prefix_is_exact
-from .augment import make_augmenter
-from .backbones import get_backbone
 from ._data import (
     ArrayDataset,
     ArraySource,
@@ -43,6 +40,9 @@ from ._data import (
     make_source,
 )
 from ._freezing import n_frozen_stages
+from ._network import TransferNet, dry_run, frozen_prefix_is_exact
+from .augment import make_augmenter
+from .backbones import get_backbone
 from .images import is_image_list, take_rows
 
 __all__ = ["TransferEstimatorMixin"]

@@ -89,7 +89,7 @@ def test_public_modules_are_all_the_non_private_ones():
     package = ROOT / "sktransfer"
     modules = {f"sktransfer.{p.stem}" for p in package.glob("*.py") if not p.stem.startswith("_")}
     missing = modules - set(PUBLIC_MODULES)
-    assert not missing, f"new public modules {missing}: add them to PUBLIC_MODULES and docs/api.rst"
+    assert not missing, f"new public modules {missing}: add to PUBLIC_MODULES and docs/api.rst"
 
 
 def test_every_public_docstring_has_a_runnable_example():
