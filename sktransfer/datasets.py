@@ -12,13 +12,17 @@ the loader, files that ship with a Debian or PyPI package:
 - :func:`load_faces`: 200 25x25 faces / non-faces bundled with scikit-image;
 - :func:`load_image_folder`: your own ``root/<class>/<image>`` files.
 
-Nothing here downloads anything, and torch is not imported.
+Only :func:`fetch_fashion_mnist` may download (where a network exists and the files are
+found nowhere on disk); torch is not imported.
 """
 
 import glob
 import gzip
+import hashlib
 import importlib.util
 import os
+import sys
+import urllib.request
 import zlib
 
 import numpy as np
@@ -26,6 +30,7 @@ from sklearn.utils import Bunch, check_random_state
 
 __all__ = [
     "DataNotFoundError",
+    "FASHION_MNIST_URLS",
     "fetch_fashion_mnist",
     "load_mnist_5k",
     "load_textures",
@@ -208,7 +213,8 @@ class DataNotFoundError(FileNotFoundError):
     >>> from sktransfer.datasets import (
     ...     DataNotFoundError, fetch_fashion_mnist, load_mnist_5k)
     >>> try:
-    ...     X, y = fetch_fashion_mnist(subset="test", n_per_class=2, return_X_y=True)
+    ...     X, y = fetch_fashion_mnist(subset="test", n_per_class=2, return_X_y=True,
+    ...                                download_if_missing=False)
     ... except DataNotFoundError:  # the message says where it looked, how to get the files
     ...     X, y = load_mnist_5k(return_X_y=True)
     >>> X.shape[1:], X.dtype.name
@@ -252,9 +258,8 @@ def _find_file(directory, stem):
     return None
 
 
-def _locate_fashion_mnist(subsets, data_home=None):
-    """Find the first folder that holds the files of every subset in ``subsets``."""
-    searched = _fashion_candidate_dirs(data_home)
+def _search_fashion_mnist(subsets, searched):
+    """The files of every subset in ``subsets`` from the first folder that has them all."""
     for directory in searched:
         found = {}
         for subset in subsets:
@@ -264,6 +269,31 @@ def _locate_fashion_mnist(subsets, data_home=None):
             found[subset] = paths
         else:
             return found
+    return None
+
+
+def _locate_fashion_mnist(subsets, data_home=None, download_if_missing=False):
+    """Find the first folder that holds the files of every subset in ``subsets``; if there
+    is none, download them when allowed."""
+    searched = _fashion_candidate_dirs(data_home)
+    found = _search_fashion_mnist(subsets, searched)
+    if found is not None:
+        return found
+    failure = ""
+    if download_if_missing:
+        target = _fashion_download_dir(data_home)
+        try:
+            _download_fashion_mnist(subsets, target)
+        except _DownloadError as exc:
+            failure = (
+                f"Downloading them into {target} failed too:\n"
+                + "\n".join(f"  - {e}" for e in exc.errors)
+                + "\n"
+            )
+        else:
+            found = _search_fashion_mnist(subsets, [target])
+            if found is not None:
+                return found
     needed = [stem + ".gz" for s in subsets for stem in _FASHION_FILES[s]]
     places = "\n".join(f"  - {d}" for d in searched)
     raise DataNotFoundError(
@@ -272,8 +302,103 @@ def _locate_fashion_mnist(subsets, data_home=None):
         + " (or the same names without .gz) in these folders, in order:\n"
         + places
         + "\n"
+        + failure
         + _FASHION_HOW_TO_GET.format(debian=DEBIAN_FASHION_MNIST_DIR)
     )
+
+
+# -- downloading -------------------------------------------------------------------------
+
+#: Where ``download_if_missing`` fetches the four ``.gz`` files from, in order.
+FASHION_MNIST_URLS = (
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+)
+
+# SHA-256 of each file's *decompressed* bytes (a recompressed copy, such as Debian's, has the
+# same), and the decompressed size.
+_FASHION_SHA256 = {
+    "train-images-idx3-ubyte": (
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", 47040016),
+    "train-labels-idx1-ubyte": (
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", 60008),
+    "t10k-images-idx3-ubyte": (
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", 7840016),
+    "t10k-labels-idx1-ubyte": (
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", 10008),
+}
+
+_DOWNLOAD_TIMEOUT = 60  # seconds without data before a download is abandoned
+
+
+class _DownloadError(Exception):
+    def __init__(self, errors):
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+def _fashion_download_dir(data_home=None):
+    """``<data_home>/fashion-mnist``, else ``$SKTRANSFER_DATA/fashion-mnist``, else
+    ``~/sktransfer_data/fashion-mnist``: a folder that the search looks in."""
+    root = data_home if data_home is not None else os.environ.get("SKTRANSFER_DATA")
+    if not root:
+        root = os.path.join("~", "sktransfer_data")
+    return os.path.join(os.path.expanduser(os.fspath(root)), "fashion-mnist")
+
+
+def _download_fashion_mnist(subsets, target):
+    """Fetch the missing ``.gz`` files of ``subsets`` into ``target``, each checked against
+    its SHA-256 before it is moved into place (nothing partial is ever left there)."""
+    errors, created = [], not os.path.isdir(target)
+    for stem in [stem for s in subsets for stem in _FASHION_FILES[s]]:
+        dest = os.path.join(target, stem + ".gz")
+        if _find_file(target, stem) is not None:
+            continue
+        for base in FASHION_MNIST_URLS:
+            url = base + stem + ".gz"
+            try:
+                _fetch_verified(url, dest, *_FASHION_SHA256[stem])
+                break
+            except (OSError, ValueError) as exc:  # URLError and timeouts are OSErrors
+                errors.append(f"{url}: {exc}")
+        else:
+            if created and os.path.isdir(target) and not os.listdir(target):
+                os.rmdir(target)  # the folder made for the download, left empty
+            raise _DownloadError(errors)
+
+
+def _fetch_verified(url, dest, sha256, size):
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = f"{dest}.{os.getpid()}.part"
+    print(f"Downloading {url} to {os.path.dirname(dest)}", file=sys.stderr, flush=True)
+    try:
+        with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT) as response, \
+                open(tmp, "wb") as out:
+            while True:
+                chunk = response.read(1 << 20)
+                if not chunk:
+                    break
+                out.write(chunk)
+        digest, n_bytes = hashlib.sha256(), 0
+        try:
+            with gzip.open(tmp, "rb") as f:
+                while True:
+                    chunk = f.read(1 << 20)
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    n_bytes += len(chunk)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise ValueError(f"not a complete gzip file ({exc})") from exc
+        if n_bytes != size or digest.hexdigest() != sha256:
+            raise ValueError(
+                f"checksum mismatch (SHA-256 of the decompressed data {digest.hexdigest()}, "
+                f"{n_bytes} bytes; expected {sha256}, {size} bytes)"
+            )
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _load_fashion_pair(images_path, labels_path):
@@ -324,13 +449,14 @@ def fetch_fashion_mnist(
     *,
     subset="train",
     data_home=None,
+    download_if_missing=True,
     return_X_y=False,
     n_per_class=None,
     random_state=0,
 ):
-    """Load the Fashion-MNIST data set (classification, 10 classes) from local files.
+    """Load the Fashion-MNIST data set (classification, 10 classes), from local files first.
 
-    Nothing is downloaded: the four IDX files (``train-images-idx3-ubyte.gz``,
+    The four IDX files (``train-images-idx3-ubyte.gz``,
     ``train-labels-idx1-ubyte.gz``, ``t10k-images-idx3-ubyte.gz``,
     ``t10k-labels-idx1-ubyte.gz``, compressed or not) are looked for, in order, in
 
@@ -340,6 +466,13 @@ def fetch_fashion_mnist(
     4. ``/usr/share/datasets/fashion-mnist``, where the Debian package
        ``dataset-fashion-mnist`` installs them (``apt-get install
        dataset-fashion-mnist`` as root), then similar system folders.
+
+    Found nowhere, they are downloaded (``download_if_missing=True``, where a network
+    exists) from the mirrors in :data:`FASHION_MNIST_URLS` into the first of
+    ``data_home/fashion-mnist``, ``$SKTRANSFER_DATA/fashion-mnist`` and
+    ``~/sktransfer_data/fashion-mnist`` that applies; each file is checked against its
+    known SHA-256 before it is moved into place, so a failed download leaves nothing
+    behind.
 
     =================   ==============================
     Classes                                         10
@@ -359,7 +492,11 @@ def fetch_fashion_mnist(
         all 70,000 (training images first).
 
     data_home : str or path-like, default=None
-        A folder holding the four files, searched first.
+        A folder holding the four files, searched first, and where downloads go.
+
+    download_if_missing : bool, default=True
+        If False, raise :class:`DataNotFoundError` instead of downloading when the
+        files are found nowhere on disk.
 
     return_X_y : bool, default=False
         If True, return ``(data, target)`` instead of a Bunch.
@@ -401,25 +538,28 @@ def fetch_fashion_mnist(
     Raises
     ------
     DataNotFoundError
-        A :class:`FileNotFoundError` listing every folder searched and how to get
-        the files, when they are found nowhere.
+        A :class:`FileNotFoundError` listing every folder searched, why the download
+        failed (offline, for instance) and how to get the files, when they are found
+        nowhere.
     ValueError
         When a file is truncated or is not an IDX file of the expected shape.
 
     Examples
     --------
     >>> from sktransfer.datasets import fetch_fashion_mnist
-    >>> X, y = fetch_fashion_mnist(subset="test", return_X_y=True)  # doctest: +SKIP
-    >>> X.shape, X.dtype, y.shape  # doctest: +SKIP
+    >>> X, y = fetch_fashion_mnist(subset="test", return_X_y=True)
+    >>> X.shape, X.dtype, y.shape
     ((10000, 28, 28), dtype('uint8'), (10000,))
-    >>> small = fetch_fashion_mnist(n_per_class=50, random_state=0)  # doctest: +SKIP
-    >>> small.data.shape  # doctest: +SKIP
-    (500, 28, 28)
+    >>> small = fetch_fashion_mnist(n_per_class=50, random_state=0)
+    >>> small.data.shape, small.target_names[:3]
+    ((500, 28, 28), ['T-shirt/top', 'Trouser', 'Pullover'])
     """
     if subset not in ("train", "test", "all"):
         raise ValueError(f"subset must be 'train', 'test' or 'all', got {subset!r}.")
     subsets = ["train", "test"] if subset == "all" else [subset]
-    found = _locate_fashion_mnist(subsets, data_home=data_home)
+    found = _locate_fashion_mnist(
+        subsets, data_home=data_home, download_if_missing=download_if_missing
+    )
     parts = [_load_fashion_pair(*found[s]) for s in subsets]
     if len(parts) == 1:
         data, target = parts[0]
@@ -533,8 +673,8 @@ def load_mnist_5k(*, return_X_y=False):
     Examples
     --------
     >>> from sktransfer.datasets import load_mnist_5k
-    >>> X, y = load_mnist_5k(return_X_y=True)  # doctest: +SKIP
-    >>> X.shape, X.dtype, y[:3]  # doctest: +SKIP
+    >>> X, y = load_mnist_5k(return_X_y=True)
+    >>> X.shape, X.dtype, y[:3]
     ((5000, 28, 28), dtype('uint8'), array([0, 0, 0]))
     """
     path = _mnist_5k_path()

