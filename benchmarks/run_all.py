@@ -28,6 +28,7 @@ BENCHMARKS = [
     "bench_full_finetune",
     "bench_predict",
     "bench_memory",
+    "bench_throughput",
 ]
 README = os.path.join(HERE, "README.md")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
