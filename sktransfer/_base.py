@@ -292,6 +292,9 @@ class _Guard(Callback):
 
     ``probe`` (a raw input batch) is run in eval mode after each epoch: BatchNorm running
     statistics can diverge while the training loss, computed on batch statistics, looks finite.
+    Only the stages from the first one whose BatchNorm statistics change need to run: the
+    probe's output of the stages before it is computed once, and with no BatchNorm statistics
+    changing at all (``freeze_depth="all"``, say) there is nothing to probe.
     """
 
     def __init__(self, probe=None):
@@ -301,6 +304,43 @@ class _Guard(Callback):
         self._batch = 0
         self._watched = None
         net._last_epoch_state = None
+        self._probe_input, self._probe_start = None, 0
+        if self.probe is not None:
+            self._prepare_probe(net.module_)
+
+    def _prepare_probe(self, module):
+        stages = list(getattr(module, "stages", []))
+        if not stages:
+            self._probe_input = self.probe  # not a TransferNet (accelerate's wrapper, say)
+            return
+        was = module.training
+        module.train()  # the modes training uses: frozen stages stay in eval
+        try:
+            updating = [
+                i for i, stage in enumerate(stages)
+                if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+                       and m.track_running_stats for m in stage.modules())
+            ]
+            head_updating = any(
+                isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+                for m in module.head.modules()
+            )
+        finally:
+            module.train(was)
+        if not updating and not head_updating:
+            return  # eval mode then computes what training computes: checked per batch
+        start = updating[0] if updating else len(stages)
+        self._probe_start = start
+        if start == 0:
+            self._probe_input = self.probe
+            return
+        device = next(module.parameters()).device
+        module.eval()
+        try:
+            with torch.no_grad():
+                self._probe_input = module.prefix(self.probe.to(device), start)
+        finally:
+            module.train(was)
 
     def on_epoch_begin(self, net, **kwargs):
         self._batch = 0
@@ -327,14 +367,14 @@ class _Guard(Callback):
             )
 
     def on_epoch_end(self, net, **kwargs):
-        if self.probe is not None:
+        if self._probe_input is not None:
             module = net.module_
             was = module.training
             module.eval()
             try:
                 with torch.no_grad():
                     device = net.device or next(module.parameters()).device  # accelerate
-                    out = module(self.probe.to(device), start=0)
+                    out = module(self._probe_input.to(device), start=self._probe_start)
             finally:
                 module.train(was)
             if not bool(torch.isfinite(out).all()):

@@ -296,3 +296,67 @@ def test_early_stopping_with_a_class_of_one_sample_warns_and_falls_back(data):
     with pytest.warns(UserWarning, match="fewer than 2 samples.*not stratified"):
         clf = _cnn(early_stopping=True, max_epochs=1, validation_fraction=0.2).fit(X, y)
     assert clf.classes_.tolist() == [0, 1, 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm statistics that diverge while the training loss looks finite
+# ---------------------------------------------------------------------------------------------
+
+
+class _CorruptRunningStats(Callback):
+    """Drives the running statistics of one stage's BatchNorm layer to finite but extreme
+    values after each batch: every weight and buffer stays finite and the training loss (on
+    batch statistics) too; only an eval-mode forward overflows."""
+
+    def __init__(self, stage):
+        self.stage = stage
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if training:
+            bn = [m for m in getattr(net.module_.stages, self.stage).modules()
+                  if isinstance(m, torch.nn.BatchNorm2d)][0]
+            bn.running_mean.fill_(-3e38)
+            bn.running_var.fill_(1e-5)
+
+
+@pytest.mark.parametrize("freeze_depth, train_bn, stage", [
+    (0, False, "stem"), (1, False, "block1"), (2, False, "block2"),
+    (2, True, "stem"),  # train_bn: the frozen stages' statistics change too
+])
+def test_diverged_batchnorm_statistics_stop_training(data, freeze_depth, train_bn, stage):
+    X, y = data
+    clf = _cnn(freeze_depth=freeze_depth, train_bn=train_bn,
+               callbacks=[("poison", _CorruptRunningStats(stage))])
+    with pytest.raises(FloatingPointError, match="eval-mode output became NaN or infinite"):
+        clf.fit(X, y)
+
+
+@pytest.mark.parametrize("freeze_depth", [1, 2])
+def test_the_eval_mode_check_runs_only_the_stages_that_can_change(data, freeze_depth,
+                                                                 monkeypatch):
+    X, y = data
+    calls = []
+    forward = TransferNet.forward
+
+    def spy(self, x, start=None):
+        calls.append((self.training, start))
+        return forward(self, x, start)
+
+    monkeypatch.setattr(TransferNet, "forward", spy)
+    _cnn(freeze_depth=freeze_depth, max_epochs=2).fit(X, y)
+    eval_starts = {start for training, start in calls if not training and start is not None}
+    assert eval_starts == {freeze_depth}  # the check starts where BatchNorm layers train
+
+
+def test_nothing_to_check_in_eval_mode_when_no_batchnorm_statistics_change(data, monkeypatch):
+    X, y = data
+    calls = []
+    forward = TransferNet.forward
+
+    def spy(self, x, start=None):
+        calls.append((self.training, start))
+        return forward(self, x, start)
+
+    monkeypatch.setattr(TransferNet, "forward", spy)
+    _cnn(freeze_depth="all", max_epochs=2).fit(X, y)
+    assert not [c for c in calls if not c[0] and c[1] is not None]
