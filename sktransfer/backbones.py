@@ -21,6 +21,7 @@ The last stage always ends with global pooling (and any pre-logits layers), so i
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import pickle
@@ -761,18 +762,25 @@ def _timm_stages(model):
     return OrderedDict(features=_TimmWhole(model))
 
 
+# Pretrained backbones built in this process, kept pristine and handed out as deep copies: a
+# grid search builds the same network for every fit, and a copy costs a fraction of building
+# the network and reading its weights file again. Keyed by the registry entry and the weights
+# file's path, size and modification time; the most recent few only.
+_BUILT: OrderedDict = OrderedDict()
+_BUILT_MAX = 2
+_BUILT_LOCK = threading.Lock()
+
+
+def _file_key(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # load_weights_file reports it
+    return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
 def _resolve_registered(entry, weights):
-    module = entry.factory()
-    if not isinstance(module, nn.Module):
-        raise TypeError(
-            f"The factory of backbone {entry.name!r} returned {type(module).__name__}, "
-            "not a torch.nn.Module."
-        )
-    if entry.splitter is not None:
-        stages, nf = entry.splitter(module)
-    else:
-        stages, nf = _split_children(module)
-    described = None
+    path = None
     if weights is not None:
         if isinstance(weights, str) and weights == "DEFAULT":
             if entry.default_weights is None:
@@ -788,12 +796,41 @@ def _resolve_registered(entry, weights):
                 f"Unknown weights {weights!r} for {entry.name!r}: use 'DEFAULT', a local "
                 "file path, or None."
             )
+    key = None
+    if path is not None and _REGISTRY.get(entry.name) is entry:
+        file_key = _file_key(path)
+        if file_key is not None:
+            key = (entry.name, str(weights), file_key)
+            with _BUILT_LOCK:
+                owner, built = _BUILT.get(key, (None, None))
+                if owner is entry:  # not a backbone registered again under the same name
+                    _BUILT.move_to_end(key)
+            if owner is entry:
+                return copy.deepcopy(built)
+    module = entry.factory()
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            f"The factory of backbone {entry.name!r} returned {type(module).__name__}, "
+            "not a torch.nn.Module."
+        )
+    if entry.splitter is not None:
+        stages, nf = entry.splitter(module)
+    else:
+        stages, nf = _split_children(module)
+    described = None
+    if path is not None:
         state = load_weights_file(path)
         _load_state_into(module, state, repr(str(path)), _head_prefixes(module, stages))
         described = str(weights) if weights != "DEFAULT" else f"DEFAULT ({path})"
-    return Backbone(
+    backbone = Backbone(
         entry.name, OrderedDict(stages), nf, entry.preprocessing, entry.input_kind, described
     )
+    if key is not None:
+        with _BUILT_LOCK:
+            _BUILT[key] = (entry, copy.deepcopy(backbone))
+            while len(_BUILT) > _BUILT_MAX:
+                _BUILT.popitem(last=False)
+    return backbone
 
 
 def get_backbone(backbone, weights=None):

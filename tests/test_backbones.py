@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 import torchvision.models as tvm
@@ -157,3 +159,48 @@ def test_weights_file_of_another_architecture_is_refused(tmp_path):
 def test_missing_weights_file(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_weights_file(tmp_path / "nope.pth")
+
+
+def test_pretrained_backbones_are_built_once_and_handed_out_as_independent_copies(tmp_path):
+    from sktransfer import backbones as B
+
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+
+    torch.manual_seed(0)
+    path = tmp_path / "w.pt"
+    torch.save(factory().state_dict(), path)
+    calls.clear()
+    register_backbone("_cached_mlp", factory, input_kind="vector", overwrite=True)
+    try:
+        a = get_backbone("_cached_mlp", weights=str(path))
+        b = get_backbone("_cached_mlp", weights=str(path))
+        assert len(calls) == 1  # the second one is a copy of the first
+        pa = list(a.stages.values())[0].weight
+        pb = list(b.stages.values())[0].weight
+        torch.testing.assert_close(pa, pb)
+        with torch.no_grad():
+            pa.add_(1.0)  # training one copy leaves the next one pristine
+        c = get_backbone("_cached_mlp", weights=str(path))
+        torch.testing.assert_close(list(c.stages.values())[0].weight, pb)
+        # a new weights file (other content) is read again
+        torch.save({k: v + 1 for k, v in factory().state_dict().items()}, path)
+        os.utime(path, ns=(1, 1))
+        d = get_backbone("_cached_mlp", weights=str(path))
+        assert len(calls) == 3
+        assert not torch.equal(list(d.stages.values())[0].weight, pb)
+        # registering the name again drops what was built for the old factory
+        register_backbone("_cached_mlp", factory, input_kind="vector", overwrite=True)
+        get_backbone("_cached_mlp", weights=str(path))
+        assert len(calls) == 4
+        # random init is never cached: each call draws new weights
+        e = get_backbone("_cached_mlp", weights=None)
+        f = get_backbone("_cached_mlp", weights=None)
+        assert not torch.equal(list(e.stages.values())[0].weight,
+                               list(f.stages.values())[0].weight)
+    finally:
+        B._REGISTRY.pop("_cached_mlp", None)
+        B._BUILT.clear()
