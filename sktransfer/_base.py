@@ -483,7 +483,14 @@ class TransferEstimatorMixin:
 
         Returns ``(net, backbone, n_frozen, n_features)``.
         """
-        bb = get_backbone(self.backbone, weights=weights)
+        if weights is None:
+            bb = get_backbone(self.backbone, weights=weights)  # random init: draws from RNG
+        else:
+            # Building a pretrained backbone draws random numbers (layers initialise before
+            # the weights are loaded), or none at all when it comes from the process's store
+            # of built backbones: either way the new head must see the same generator state.
+            with torch.random.fork_rng(devices=[]):
+                bb = get_backbone(self.backbone, weights=weights)
         k = n_frozen_stages(self.freeze_depth, bb.stage_names) if n_frozen is None else n_frozen
         if bb.input_kind != spec["kind"]:
             raise ValueError(f"Backbone {bb.name!r} takes {bb.input_kind} input.")

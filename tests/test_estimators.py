@@ -314,3 +314,30 @@ def test_adamw_optimizer_trains(tiny_images):
     clf = _clf(optimizer="adamw", lr=0.01, max_epochs=3).fit(X, y)
     assert clf.history_[-1]["train_loss"] < clf.history_[0]["train_loss"] + 1e-3
     assert isinstance(clf.net_.optimizer_, torch.optim.AdamW)
+
+
+def test_pretrained_fit_does_not_depend_on_what_the_process_built_before(tmp_path):
+    """A pretrained backbone may come from the process's store of built backbones (no random
+    draws) or be built afresh (random draws before its weights load): the fit is the same."""
+    from sktransfer import backbones as B
+
+    rng = np.random.RandomState(0)
+    X = rng.rand(24, 16, 16, 3).astype(np.float32)
+    y = np.array([0, 1, 2] * 8)
+    path = tmp_path / "cnn.pt"
+
+    def factory():
+        return B._test_cnn()
+
+    torch.manual_seed(2)
+    torch.save(factory().state_dict(), path)
+    B.register_backbone("_seeded_cnn", factory, overwrite=True)
+    try:
+        params = dict(weights=str(path), freeze_depth=1, max_epochs=2, random_state=0)
+        B._BUILT.clear()
+        first = TransferClassifier("_seeded_cnn", **params).fit(X, y)  # built afresh
+        second = TransferClassifier("_seeded_cnn", **params).fit(X, y)  # from the store
+        np.testing.assert_array_equal(first.predict_proba(X), second.predict_proba(X))
+    finally:
+        B._REGISTRY.pop("_seeded_cnn", None)
+        B._BUILT.clear()
