@@ -331,32 +331,31 @@ def test_diverged_batchnorm_statistics_stop_training(data, freeze_depth, train_b
         clf.fit(X, y)
 
 
+@pytest.fixture
+def eval_check_starts(monkeypatch):
+    """The ``start`` of every eval-mode forward that the training guard runs."""
+    starts = []
+    forward = TransferNet.forward
+
+    def spy(self, x, start=None):
+        if not self.training and start is not None:  # predict passes no start
+            starts.append(start)
+        return forward(self, x, start)
+
+    monkeypatch.setattr(TransferNet, "forward", spy)
+    return starts
+
+
 @pytest.mark.parametrize("freeze_depth", [1, 2])
 def test_the_eval_mode_check_runs_only_the_stages_that_can_change(data, freeze_depth,
-                                                                 monkeypatch):
+                                                                 eval_check_starts):
     X, y = data
-    calls = []
-    forward = TransferNet.forward
-
-    def spy(self, x, start=None):
-        calls.append((self.training, start))
-        return forward(self, x, start)
-
-    monkeypatch.setattr(TransferNet, "forward", spy)
     _cnn(freeze_depth=freeze_depth, max_epochs=2).fit(X, y)
-    eval_starts = {start for training, start in calls if not training and start is not None}
-    assert eval_starts == {freeze_depth}  # the check starts where BatchNorm layers train
+    assert set(eval_check_starts) == {freeze_depth}  # where BatchNorm layers start to train
 
 
-def test_nothing_to_check_in_eval_mode_when_no_batchnorm_statistics_change(data, monkeypatch):
+def test_nothing_to_check_in_eval_mode_when_no_batchnorm_statistics_change(data,
+                                                                         eval_check_starts):
     X, y = data
-    calls = []
-    forward = TransferNet.forward
-
-    def spy(self, x, start=None):
-        calls.append((self.training, start))
-        return forward(self, x, start)
-
-    monkeypatch.setattr(TransferNet, "forward", spy)
     _cnn(freeze_depth="all", max_epochs=2).fit(X, y)
-    assert not [c for c in calls if not c[0] and c[1] is not None]
+    assert eval_check_starts == []
