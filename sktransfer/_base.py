@@ -39,6 +39,7 @@ from ._data import (
     collate_batch,
     make_source,
 )
+from ._depthwise import use_fast_depthwise
 from ._freezing import n_frozen_stages
 from ._network import TransferNet, dry_run, frozen_prefix_is_exact
 from .augment import make_augmenter
@@ -540,6 +541,8 @@ class TransferEstimatorMixin:
             train_bn=self.train_bn,
             bn_momentum=self.bn_momentum,
         )
+        # depthwise layers on small maps get a faster weight gradient on CPU (no other change)
+        use_fast_depthwise(net.stages)
         return net, bb, k, nf
 
     def _channels_last(self, bb):

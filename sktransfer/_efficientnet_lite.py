@@ -98,6 +98,11 @@ class Conv2dSame(nn.Conv2d):
         else:
             x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
             padding = 0
+        return self._conv(x, padding, (ih, iw))
+
+    def _conv(self, x, padding, size):
+        """The convolution of ``x`` (already padded where needed; ``size`` is the unpadded
+        input size)."""
         return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation,
                         self.groups)
 
