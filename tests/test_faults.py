@@ -359,3 +359,23 @@ def test_nothing_to_check_in_eval_mode_when_no_batchnorm_statistics_change(data,
     X, y = data
     _cnn(freeze_depth="all", max_epochs=2).fit(X, y)
     assert eval_check_starts == []
+
+
+@pytest.mark.parametrize(
+    "tensors, finite",
+    [
+        ([torch.ones(3), torch.zeros(2, 2)], True),
+        ([torch.ones(3), torch.tensor([1.0, float("nan")])], False),
+        ([torch.tensor([float("inf"), 1.0])], False),
+        ([torch.tensor([float("inf"), -float("inf")])], False),  # sums to NaN
+        ([torch.full((4,), 3e38)], True),  # finite entries whose float32 sum overflows
+        ([torch.full((4,), 6e4, dtype=torch.float16)], True),
+        ([torch.tensor([1.0, float("nan")], dtype=torch.bfloat16)], False),
+        ([torch.full((2,), 1e300, dtype=torch.float64)], True),
+        ([], True),
+    ],
+)
+def test_the_weight_check_tells_non_finite_from_large_finite_values(tensors, finite):
+    from sktransfer._base import _all_finite
+
+    assert _all_finite(tensors) is finite
