@@ -23,7 +23,7 @@ def bench(monkeypatch):
 
     yield load
     torch.set_num_threads(threads)
-    for name in [*SCRIPTS, "_common"]:
+    for name in [*SCRIPTS, "_common", "diagnose_depthwise"]:
         sys.modules.pop(name, None)
 
 
@@ -44,3 +44,13 @@ def test_run_all_lists_every_script():
     on_disk = sorted(f[:-3] for f in os.listdir(BENCH_DIR) if f.startswith("bench_"))
     assert on_disk == sorted(SCRIPTS)
     assert all(f'"{name}"' in source for name in SCRIPTS)
+
+
+def test_depthwise_diagnosis_quick_run_prints_both_tables(bench, capsys):
+    torch.set_num_threads(1)
+    bench("diagnose_depthwise").main(["--quick"])
+    out = capsys.readouterr().out
+    layers, steps = out.split("One training step")
+    # every depthwise shape of Lite0 at 64 px: 2 groups run on maps no larger than their kernel
+    assert layers.count("sktransfer's |") >= 4 and layers.count("PyTorch's |") >= 4
+    assert "| 32 px |" in steps
