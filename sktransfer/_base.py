@@ -547,8 +547,10 @@ class TransferEstimatorMixin:
             train_bn=self.train_bn,
             bn_momentum=self.bn_momentum,
         )
-        # depthwise layers on small maps get a faster weight gradient on CPU (no other change)
-        use_fast_depthwise(net.stages)
+        # Depthwise layers on small maps get a faster weight gradient on CPU (no other change).
+        # Not under torch.compile: its graph breaks there tripled the compile time of Lite0.
+        if not getattr(self, "compile", False):
+            use_fast_depthwise(net.stages)
         return net, bb, k, nf
 
     def _channels_last(self, bb):

@@ -175,3 +175,15 @@ def test_estimators_train_with_fast_layers(tiny_images):
     kinds = {type(m).__name__ for m in clf.module_.modules()}
     assert "FastDepthwiseConv2dSame" in kinds and "Conv2dSame" in kinds
     assert np.isfinite(clf.predict_proba(X)).all()
+
+
+def test_compiled_estimators_keep_pytorch_layers(tiny_images, monkeypatch):
+    # torch.compile's graph breaks at the swapped layers cost more compile time than they save
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append(m) or m)
+    X, y = tiny_images
+    clf = TransferClassifier("efficientnet_lite0", weights=None, freeze_depth=0, max_epochs=1,
+                             batch_size=8, input_size=32, random_state=0, compile=True).fit(X, y)
+    assert compiled  # the estimator did ask for compilation
+    kinds = {type(m).__name__ for m in clf.module_.modules()}
+    assert "Conv2dSame" in kinds and "FastDepthwiseConv2dSame" not in kinds
