@@ -77,6 +77,8 @@ def _layers(cls, **kw):
         (nn.Conv2d, dict(in_channels=8, out_channels=8, kernel_size=5, stride=2, padding=2,
                          groups=8, bias=False), 4),
         (Conv2dSame, dict(in_channels=8, out_channels=8, kernel_size=5, stride=2, groups=8), 3),
+        # odd "SAME" padding: the input is padded by hand before the convolution
+        (Conv2dSame, dict(in_channels=8, out_channels=8, kernel_size=5, stride=2, groups=8), 4),
         (Conv2dSame, dict(in_channels=8, out_channels=8, kernel_size=3, groups=8), 1),
     ],
 )
