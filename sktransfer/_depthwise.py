@@ -83,9 +83,8 @@ class _DepthwiseConv2d(torch.autograd.Function):
                 False, [0, 0], weight.shape[0], [True, False, False],
             )[0]
         if ctx.needs_input_grad[1]:
-            grad_w = depthwise_weight_grad(
-                grad_out, x, weight.shape[2:], ctx.stride, ctx.padding
-            ).to(weight.dtype)
+            grad_w = depthwise_weight_grad(grad_out, x, weight.shape[2:], ctx.stride,
+                                           ctx.padding)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum((0, 2, 3))
         return grad_x, grad_w, grad_b, None, None
