@@ -182,16 +182,24 @@ def main(argv=None):
     ratio = t_ours / t_skorch
     gap = ours.best_score_ - sk.best_score_
     gap_same = ours.best_score_ - sk_same.best_score_
-    # every candidate, not only the best: mean CV accuracy of the same training on both sides
+    # every candidate, not only the best: mean CV accuracy of the same training on both sides,
+    # row by row (both grids list their candidates in the same order; checked here)
+    depth_of_patterns = {tuple(f"model.{p}" for p in v): k for k, v in FROZEN_PATTERNS.items()}
+    same_rows = [
+        (depth_of_patterns[tuple(p["callbacks__freezer__patterns"])], p["lr"],
+         p["optimizer__momentum"]) for p in sk_same.cv_results_["params"]
+    ]
+    ours_rows = [(p["freeze_depth"], p["lr"], p["momentum"]) for p in ours.cv_results_["params"]]
+    assert same_rows == ours_rows, (same_rows, ours_rows)
     candidate_gap = float(np.max(np.abs(
         ours.cv_results_["mean_test_score"] - sk_same.cv_results_["mean_test_score"]
     )))
-    depth_of = {tuple(f"model.{p}" for p in v): k for k, v in FROZEN_PATTERNS.items()}
-
     def fmt(best):
         best = dict(best)
         if "callbacks__freezer__patterns" in best:
-            best["freeze_depth"] = depth_of[tuple(best.pop("callbacks__freezer__patterns"))]
+            best["freeze_depth"] = depth_of_patterns[
+                tuple(best.pop("callbacks__freezer__patterns"))
+            ]
             best["momentum"] = best.pop("optimizer__momentum")
         return ", ".join(f"{k}={best[k]!r}" for k in ("freeze_depth", "lr", "momentum"))
 
