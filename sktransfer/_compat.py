@@ -10,14 +10,15 @@ from sklearn.utils._param_validation import (
     InvalidParameterError,
     StrOptions,
 )
-from sklearn.utils.validation import _check_sample_weight, validate_data
+from sklearn.utils.validation import _check_feature_names as check_feature_names
+from sklearn.utils.validation import _get_feature_names as get_feature_names
 
 __all__ = [
     "HasMethods",
     "Interval",
     "InvalidParameterError",
     "StrOptions",
-    "_check_sample_weight",
     "_fit_context",
-    "validate_data",
+    "check_feature_names",
+    "get_feature_names",
 ]

@@ -3,10 +3,11 @@
 Rules (the user guide repeats them):
 
 * ``uint8`` (and other integer) images are in [0, 255], ``uint16`` in [0, 65535]; float and bool
-  images are in [0, 1]. Vectors for vector backbones are used as they are.
+  images are in [0, 1] (float images with values above 1 raise a :class:`FloatScaleWarning`
+  naming the fix, ``X / 255``). Vectors for vector backbones are used as they are.
 * 4-D arrays are ``(N, H, W, C)`` when the last axis has 1-4 entries, else ``(N, C, H, W)``;
   3-D arrays are grayscale ``(N, H, W)``; 2-D arrays go to vector backbones as they are, or to
-  image backbones reshaped by ``input_shape=(H, W)`` or ``(H, W, C)``.
+  image backbones reshaped by ``image_shape=(H, W)`` or ``(H, W, C)``.
 * Channels: grayscale is repeated to RGB (or the stem convolution is adapted, see
   ``grayscale="adapt"``); RGBA drops alpha; gray+alpha keeps gray.
 * Conversion, resizing (bilinear, antialiased) and normalisation happen per batch inside the
@@ -16,6 +17,7 @@ Rules (the user guide repeats them):
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 import numpy as np
 import torch
@@ -23,19 +25,19 @@ import torch.nn.functional as F
 from sklearn.utils import check_array
 from torch import nn
 
+from ._spec import InputSpec
+from .images import ImageSource, check_image_input, is_image_list
+
 __all__ = [
     "ArrayDataset",
     "ArraySource",
+    "FloatScaleWarning",
     "InputSpec",
     "Preprocess",
     "check_input",
     "check_same_input",
     "make_source",
 ]
-
-
-class InputSpec(dict):
-    """What ``fit`` saw: layout, per-sample shape, channels and value scale."""
 
 
 def _scale_for(dtype, kind):
@@ -48,13 +50,13 @@ def _scale_for(dtype, kind):
     return 1.0
 
 
-def check_input(X, *, input_kind, input_shape=None, estimator=None, reset=True,
-                image_size=None, on_bad_image="raise"):
+def check_input(X, *, input_kind, image_shape=None, estimator=None, image_size=None,
+                on_bad_image="raise"):
     """Validate X and describe it.
 
     A list (or 1-D array) of file paths or PIL images is decoded lazily to ``image_size``
     (see :mod:`sktransfer.images`); every image is read once now, so that unreadable ones are
-    reported (or, with ``on_bad_image="skip"``, dropped) before training starts.
+    reported before training starts.
 
     Returns
     -------
@@ -64,8 +66,6 @@ def check_input(X, *, input_kind, input_shape=None, estimator=None, reset=True,
     spec : InputSpec
         Layout and scaling to pass to :class:`Preprocess`.
     """
-    from .images import check_image_input, is_image_list
-
     if is_image_list(X):
         if input_kind != "image":
             raise ValueError(
@@ -73,6 +73,22 @@ def check_input(X, *, input_kind, input_shape=None, estimator=None, reset=True,
                 "(n_samples, n_features); use an image backbone."
             )
         return check_image_input(X, size=image_size, on_bad_image=on_bad_image)
+    X = _check_array(X, estimator)
+    dtype = str(X.dtype)
+    if input_kind == "vector":
+        if X.ndim != 2:
+            raise ValueError(
+                f"This backbone takes 2-D X (n_samples, n_features), got X of shape {X.shape}. "
+                "Reshape your data, e.g. X.reshape(len(X), -1)."
+            )
+        return X, InputSpec("vector", "flat", X.shape[1:], dtype, scale=1.0)
+    _warn_if_float_beyond_one(X)
+    layout = _image_layout(X, image_shape)
+    return X, InputSpec("image", sample_shape=X.shape[1:], dtype=dtype,
+                        scale=_scale_for(X.dtype, input_kind), **layout)
+
+
+def _check_array(X, estimator):
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
     X = check_array(
@@ -101,89 +117,89 @@ def check_input(X, *, input_kind, input_shape=None, estimator=None, reset=True,
         )
     if any(s == 0 for s in X.shape[1:]):
         raise ValueError(f"X has shape {X.shape}: 0 feature(s) per sample; nothing to learn from.")
-    spec = InputSpec(kind=input_kind, dtype=str(X.dtype))
-    if input_kind == "vector":
-        if X.ndim != 2:
-            raise ValueError(
-                f"This backbone takes 2-D X (n_samples, n_features), got X of shape {X.shape}. "
-                "Reshape your data, e.g. X.reshape(len(X), -1)."
-            )
-        spec.update(layout="flat", sample_shape=X.shape[1:], channels=None, scale=1.0)
-        return X, spec
-    spec["scale"] = _scale_for(X.dtype, input_kind)
+    return X
+
+
+class FloatScaleWarning(UserWarning):
+    """Float images hold values above 1, where [0, 1] is expected."""
+
+
+def _warn_if_float_beyond_one(X):
+    """Float images are read as [0, 1]; 0-255 floats (``X.astype(float)`` without ``/ 255``)
+    would train on saturated inputs, so they are never used silently."""
+    if X.dtype.kind != "f" or X.size == 0:
+        return
+    top = float(X.max())
+    if top > 1.0 + 1e-3:
+        warnings.warn(
+            f"X holds float images with values up to {top:g}, but float images are read as "
+            "[0, 1] (integer images as [0, 255]): values above 1 saturate. If these are 8-bit "
+            "pixel values, pass X / 255 (or the uint8 array itself).",
+            FloatScaleWarning,
+            stacklevel=4,
+        )
+
+
+def _image_layout(X, image_shape):
+    """``layout``, ``channels`` (and ``image_shape`` for rows) of an image array."""
     if X.ndim == 2:
-        if input_shape is None:
+        if image_shape is None:
             raise ValueError(
-                f"X is 2-D {X.shape} but the backbone takes images. Pass input_shape=(H, W) or "
+                f"X is 2-D {X.shape} but the backbone takes images. Pass image_shape=(H, W) or "
                 "(H, W, C) so each row can be reshaped, or give X as images (N, H, W[, C])."
             )
-        shape = tuple(int(s) for s in input_shape)
+        shape = tuple(int(s) for s in image_shape)
         if int(np.prod(shape)) != X.shape[1]:
             raise ValueError(
-                f"input_shape={shape} holds {int(np.prod(shape))} values but X has "
+                f"image_shape={shape} holds {int(np.prod(shape))} values but X has "
                 f"{X.shape[1]} features per sample."
             )
-        if len(shape) == 2:
-            spec.update(layout="flat", image_shape=shape, channels=1)
-        elif len(shape) == 3:
-            spec.update(layout="flat", image_shape=shape, channels=shape[-1])
-        else:
-            raise ValueError(f"input_shape must be (H, W) or (H, W, C), got {input_shape!r}.")
-    elif X.ndim == 3:
-        spec.update(layout="nhw", channels=1)
-    else:
-        last, first = X.shape[-1], X.shape[1]
-        if last in (1, 2, 3, 4) and not (first in (1, 2, 3, 4) and last > first):
-            spec.update(layout="nhwc", channels=last)
-        elif first in (1, 2, 3, 4):
-            spec.update(layout="nchw", channels=first)
-        else:
-            raise ValueError(
-                f"Cannot tell the channel axis of X with shape {X.shape}: expected "
-                "(N, H, W, C) or (N, C, H, W) with 1 (gray), 3 (RGB) or 4 (RGBA) channels."
-            )
-    spec["sample_shape"] = X.shape[1:]
-    return X, spec
+        if len(shape) not in (2, 3):
+            raise ValueError(f"image_shape must be (H, W) or (H, W, C), got {image_shape!r}.")
+        channels = 1 if len(shape) == 2 else shape[-1]
+        return {"layout": "flat", "image_shape": shape, "channels": channels}
+    if X.ndim == 3:
+        return {"layout": "nhw", "channels": 1}
+    last, first = X.shape[-1], X.shape[1]
+    if last in (1, 2, 3, 4) and not (first in (1, 2, 3, 4) and last > first):
+        return {"layout": "nhwc", "channels": last}
+    if first in (1, 2, 3, 4):
+        return {"layout": "nchw", "channels": first}
+    raise ValueError(
+        f"Cannot tell the channel axis of X with shape {X.shape}: expected "
+        "(N, H, W, C) or (N, C, H, W) with 1 (gray), 3 (RGB) or 4 (RGBA) channels."
+    )
 
 
-def check_same_input(X, spec, *, input_kind, input_shape=None, estimator=None, resize=False):
+def check_same_input(X, spec, *, image_shape=None, estimator=None, resize=False):
     """Validate X at predict time against the spec recorded by ``fit``.
 
     Paths and PIL images are accepted when ``fit`` saw them (they are decoded to the fitted
     size); arrays in the other channel layout (NCHW vs NHWC) or value scale (uint8 vs float in
     [0, 1]) than in ``fit`` are converted to the fitted ones.
     """
-    from .images import check_image_input, is_image_list
-
     if is_image_list(X):
-        if spec.get("decode_size") is None:
+        if spec.decode_size is None:
             raise ValueError(
                 "X holds image files or PIL images but the model was fitted on arrays of "
-                f"per-sample shape {tuple(spec['sample_shape'])}; pass arrays like those, or "
-                "fit on files."
+                f"per-sample shape {spec.sample_shape}; pass arrays like those, or fit on files."
             )
-        return check_image_input(X, size=spec["decode_size"], validate=False)[0]
-    if len(spec["sample_shape"]) > 1 and tuple(getattr(X, "shape", ())) == tuple(
-        spec["sample_shape"]
-    ):
+        return check_image_input(X, size=spec.decode_size, validate=False)[0]
+    if len(spec.sample_shape) > 1 and tuple(getattr(X, "shape", ())) == spec.sample_shape:
         raise ValueError(
             f"X has shape {tuple(X.shape)}, the shape of a single sample; predict takes a batch. "
             "Reshape your data with X[np.newaxis] (or X.reshape(1, *X.shape)) if it contains "
             "a single sample."
         )
-    X, new = check_input(
-        X, input_kind=input_kind, input_shape=input_shape, estimator=estimator, reset=False
-    )
-    if {new["layout"], spec["layout"]} == {"nhwc", "nchw"} and new["channels"] == spec[
-        "channels"
-    ]:
-        X = np.moveaxis(X, 1, -1) if spec["layout"] == "nhwc" else np.moveaxis(X, -1, 1)
-        new.update(layout=spec["layout"], sample_shape=X.shape[1:])
-    if new.get("scale") != spec.get("scale"):
+    X, new = check_input(X, input_kind=spec.kind, image_shape=image_shape, estimator=estimator)
+    if {new.layout, spec.layout} == {"nhwc", "nchw"} and new.channels == spec.channels:
+        X = np.moveaxis(X, 1, -1) if spec.layout == "nhwc" else np.moveaxis(X, -1, 1)
+        new = new.replace(layout=spec.layout, sample_shape=X.shape[1:])
+    if new.scale != spec.scale:
         # Preprocess divides by the scale seen in fit: bring X to it (uint8 fit, float predict)
-        X = X.astype(np.float32) * np.float32(spec["scale"] / new["scale"])
-    expected, got = tuple(spec["sample_shape"]), tuple(new["sample_shape"])
-    if spec["layout"] == "flat" or new["layout"] == "flat":
+        X = X.astype(np.float32) * np.float32(spec.scale / new.scale)
+    expected, got = spec.sample_shape, new.sample_shape
+    if spec.layout == "flat" or new.layout == "flat":
         if expected != got:
             name = type(estimator).__name__ if estimator is not None else "the estimator"
             raise ValueError(
@@ -191,10 +207,10 @@ def check_same_input(X, spec, *, input_kind, input_shape=None, estimator=None, r
                 "as input."
             )
         return X
-    if new["channels"] != spec["channels"]:
+    if new.channels != spec.channels:
         raise ValueError(
-            f"X has {new['channels']} channel(s) per image but the model was fitted on "
-            f"{spec['channels']}: expected per-sample shape {expected}, got {got}."
+            f"X has {new.channels} channel(s) per image but the model was fitted on "
+            f"{spec.channels}: expected per-sample shape {expected}, got {got}."
         )
     if not resize and expected != got:
         raise ValueError(
@@ -325,8 +341,6 @@ def make_source(X, spec=None):
     if hasattr(X, "batch") and hasattr(X, "digests"):
         return X
     if spec is not None and spec.get("decode_size") is not None and not hasattr(X, "shape"):
-        from .images import ImageSource
-
         return ImageSource(X, spec["decode_size"])
     return ArraySource(X)
 

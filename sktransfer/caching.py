@@ -4,8 +4,8 @@ When the first ``k`` stages of a network are frozen and run in eval mode, their 
 sample never changes during training. Fine-tuning then only needs those outputs, computed once.
 This module stores them per sample (keyed by a digest of the sample's bytes) and per prefix (a
 key naming backbone, weights, preprocessing and depth), so that GridSearchCV folds and candidates
-that share a prefix pass each image through it once per process. A folder (``memory``) shares
-them between processes.
+that share a prefix pass each image through it once per process. A folder (the estimators'
+``cache="path"``) shares them between processes.
 
 Memory is bounded by :func:`set_cache_options` (``max_bytes``; float16 storage optional). When a
 request would exceed the budget, older prefixes are evicted; when one data set alone would exceed
@@ -188,25 +188,31 @@ def cache_info():
     }
 
 
-def prefix_key(est, backbone_name, weights_desc, spec, k, seed):
-    """A string naming everything the prefix output depends on."""
+def prefix_key(*, backbone, backbone_name, weights, spec, k, seed, input_size, grayscale):
+    """A string naming everything the output of the first ``k`` stages depends on.
+
+    ``backbone`` is the value given (a name or a factory), ``backbone_name`` and ``weights``
+    what it resolved to, ``seed`` the seed of a randomly initialised backbone (``None`` for
+    pretrained weights), ``spec`` the :class:`~sktransfer._spec.InputSpec` of the input.
+    """
     parts = {
         "backbone": backbone_name,
         # A callable's name does not tell two factories apart (two lambdas, two partials of one
         # function): its repr (with its address, or a partial's arguments) does, within a process.
-        "factory": None if isinstance(est.backbone, str) else repr(est.backbone),
-        "weights": weights_desc,
+        "factory": None if isinstance(backbone, str) else repr(backbone),
+        "weights": weights,
         "seed": seed,
-        "spec": {key: (list(v) if isinstance(v, tuple) else v) for key, v in spec.items()},
-        "input_size": est.input_size,
-        "grayscale": est.grayscale,
+        "spec": {key: (list(v) if isinstance(v, tuple) else v)
+                 for key, v in spec.to_dict().items() if v is not None},
+        "input_size": input_size,
+        "grayscale": grayscale,
         "k": k,
         "torch": torch.__version__,
         # float16 rows must never be taken for exact ones (a shared ``memory`` folder)
         "storage": _OPTIONS["dtype"],
     }
-    if weights_desc and os.path.isfile(str(weights_desc)):
-        st = os.stat(str(weights_desc))
+    if weights and os.path.isfile(str(weights)):
+        st = os.stat(str(weights))
         parts["weights_file"] = [st.st_size, st.st_mtime_ns]
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -65,9 +65,10 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
     input_size : int or None, default=None
         Resize every image to ``input_size x input_size`` (per batch, bilinear, antialiased).
         ``None`` keeps array images at their own size.
-    input_shape : tuple or None, default=None
-        ``(H, W)`` or ``(H, W, C)``: reshape each row of a 2-D X into an image, so that e.g.
-        ``load_digits().data`` works with ``input_shape=(8, 8)``.
+    image_shape : tuple or None, default=None
+        ``(H, W)`` or ``(H, W, C)``: each row of a 2-D X is an image of this shape (reshaped,
+        never resized; ``input_size`` resizes), so that e.g. ``load_digits().data`` works with
+        ``image_shape=(8, 8)``.
     grayscale : {"repeat", "adapt"}, default="repeat"
         Single-channel images for an RGB backbone: repeat the channel three times, or adapt
         the stem convolution by summing its RGB weights (as timm's ``adapt_input_conv``).
@@ -78,14 +79,13 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         ``(C, H, W)`` tensor in [0, 1] and returns one of the same shape. Seeded by
         ``random_state``. Frozen-stage outputs change with every draw, so the ``cache`` is
         bypassed. See :mod:`sktransfer.augment`.
-    on_bad_image : {"raise", "skip"}, default="raise"
-        For file-path input: ``fit`` reads every file once before training and raises one
-        ``ValueError`` listing every unreadable one (missing, empty, truncated, not an image);
-        ``"skip"`` drops them, and their targets, with a warning naming them.
-    train_bn : bool, default=False
-        Let BatchNorm layers of frozen stages update their running statistics.
-    bn_momentum : float or None, default=0.1
-        Momentum of trainable BatchNorm layers (``None`` keeps the checkpoint's).
+    batchnorm : {"trained", "all", "checkpoint"} or float, default="trained"
+        Which BatchNorm layers update their running statistics, and how fast. ``"trained"``:
+        those of trained stages, with momentum 0.1 (checkpoints converted from TensorFlow carry
+        0.01, too slow to settle in a short fine-tuning run); frozen stages stay in eval mode.
+        ``"all"``: frozen stages' BatchNorm layers update their statistics too (adapting them
+        to a new domain). ``"checkpoint"``: trained layers keep the checkpoint's momentum. A
+        float: ``"trained"`` with that momentum.
     class_weight : dict, "balanced" or None, default=None
         Weights of the classes in the loss.
     early_stopping : bool, default=False
@@ -98,11 +98,12 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         Patience of early stopping, in epochs.
     tol : float, default=1e-4
         Minimum improvement of the validation loss.
-    cache : bool, default=True
+    cache : bool, str, path-like or joblib.Memory, default=True
         Compute the outputs of frozen stages once and train the rest on them (exact; see
-        :mod:`sktransfer.caching`). Disabled automatically when it would not be exact.
-    memory : str, joblib.Memory or None, default=None
-        Folder in which frozen-stage outputs are shared between processes.
+        :mod:`sktransfer.caching`), in this process's memory; a folder (or a
+        ``joblib.Memory``) also shares them between processes, e.g. the workers of a grid
+        search. ``False`` recomputes them every epoch. Bypassed automatically when it would
+        not be exact.
     device : str, default="auto"
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
     precision : {"float32", "bfloat16", "float16"}, default="float32"
@@ -156,8 +157,18 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         Epochs run.
     n_features_in_ : int
         Values per sample seen in ``fit``.
-    input_spec_ : dict
+    input_spec_ : InputSpec
         Layout, per-sample shape and scaling of the training input.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names of X, set only when X is a DataFrame with string column names.
+    interrupted_ : bool
+        Whether Ctrl-C ended the last fit (the last completed epoch is kept).
+    cache_key_ : str or None
+        Key of the frozen stages' outputs in the activation cache (``None``: not cached).
+    backbone_name_ : str
+        Name of the resolved backbone.
+    weights_ : str or None
+        Description of the weights loaded.
 
     See Also
     --------
@@ -184,6 +195,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         **TransferEstimatorMixin._parameter_constraints,
         "class_weight": [dict, StrOptions({"balanced"}), None],
     }
+    _persisted = {**TransferEstimatorMixin._persisted, "classes_": "labels"}
     _is_classifier = True
 
     def __init__(
@@ -199,19 +211,16 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         max_epochs=10,
         batch_size=32,
         input_size=None,
-        input_shape=None,
+        image_shape=None,
         grayscale="repeat",
         augment=None,
-        on_bad_image="raise",
-        train_bn=False,
-        bn_momentum=0.1,
+        batchnorm="trained",
         class_weight=None,
         early_stopping=False,
         validation_fraction=0.1,
         n_iter_no_change=5,
         tol=1e-4,
         cache=True,
-        memory=None,
         device="auto",
         precision="float32",
         compile=False,
@@ -232,19 +241,16 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.input_size = input_size
-        self.input_shape = input_shape
+        self.image_shape = image_shape
         self.grayscale = grayscale
         self.augment = augment
-        self.on_bad_image = on_bad_image
-        self.train_bn = train_bn
-        self.bn_momentum = bn_momentum
+        self.batchnorm = batchnorm
         self.class_weight = class_weight
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
         self.cache = cache
-        self.memory = memory
         self.device = device
         self.precision = precision
         self.compile = compile
@@ -284,10 +290,10 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
                 f"The training data has only one class ({classes[0]!r}); a classifier needs "
                 "at least 2 classes."
             )
-        self._class_weight_values = self._compute_class_weight(classes, y_enc)
+        self._class_weights(classes, y_enc)  # unknown labels fail before weights are loaded
         return y_enc, {"classes_": classes}
 
-    def _compute_class_weight(self, classes, y_enc):
+    def _class_weights(self, classes, y_enc):
         if self.class_weight is None:
             return None
         if self.class_weight == "balanced":
@@ -301,13 +307,13 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         return np.array([float(self.class_weight.get(c, 1.0)) for c in classes.tolist()])
 
     def _n_outputs(self, y):
-        return int(y.max()) + 1 if y is not None else len(self.classes_)
+        return int(y.max()) + 1
 
     def _n_outputs_fitted(self):
         return len(self.classes_)
 
-    def _criterion(self, y):
-        weights = getattr(self, "_class_weight_values", None) if y is not None else None
+    def _criterion(self, y, attrs):
+        weights = None if y is None else self._class_weights(attrs["classes_"], y)
         if weights is None:
             return torch.nn.CrossEntropyLoss
         return lambda: WeightedCrossEntropy(weights)
@@ -341,7 +347,6 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         >>> clf.classes_.tolist(), clf.n_features_in_, len(clf.history_)
         (['cat', 'dog'], 768, 2)
         """
-        self._class_weight_values = None
         return self._fit(X, y)
 
     def predict_proba(self, X):

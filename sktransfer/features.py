@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import numbers
-import os
-
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from . import caching
-from ._base import (
-    TransferEstimatorMixin,
-    amp_context,
-    check_precision,
-    inference_precision,
-    precision_key,
-    preserved_global_state,
-    resolve_device,
-)
-from ._compat import HasMethods, Interval, StrOptions, _fit_context
-from ._data import check_input, check_same_input, make_source
-from .images import is_image_list
+from ._base import _BACKBONE_CONSTRAINTS, BackboneEstimatorMixin
+from ._compat import StrOptions, _fit_context
+from ._data import make_source
+from ._runtime import preserved_global_state, resolve_device
+from ._training import amp_context, check_precision, inference_precision, precision_key
 
 __all__ = ["TransferFeatures"]
 
@@ -31,7 +21,8 @@ __all__ = ["TransferFeatures"]
 _RANDOM_INIT_SEED = 0
 
 
-class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BackboneEstimatorMixin,
+                       BaseEstimator):
     """Features of a frozen pretrained network, for any scikit-learn model.
 
     The backbone runs in evaluation mode under ``torch.inference_mode()`` and is never trained.
@@ -59,8 +50,8 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     input_size : int or None, default=None
         Resize every image to ``input_size x input_size`` (per batch, bilinear, antialiased).
         ``None`` keeps array images at their own size.
-    input_shape : tuple or None, default=None
-        ``(H, W)`` or ``(H, W, C)``: reshape each row of a 2-D X into an image.
+    image_shape : tuple or None, default=None
+        ``(H, W)`` or ``(H, W, C)``: each row of a 2-D X is an image of this shape.
     grayscale : {"repeat", "adapt"}, default="repeat"
         Single-channel images for an RGB backbone: repeat the channel three times, or adapt
         the stem convolution by summing its RGB weights.
@@ -69,11 +60,10 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         them. The last stage of a backbone already ends with the backbone's own pooling.
     batch_size : int, default=64
         Samples per forward pass.
-    cache : bool, default=True
+    cache : bool, str, path-like or joblib.Memory, default=True
         Keep the computed features in the process-wide activation cache, so that transforming
-        the same samples again costs nothing.
-    memory : str, joblib.Memory or None, default=None
-        Folder in which computed features are shared between processes.
+        the same samples again costs nothing; a folder (or a ``joblib.Memory``) also shares
+        them between processes.
     device : str, default="auto"
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
     precision : {"float32", "bfloat16", "float16"}, default="float32"
@@ -97,8 +87,12 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         Number of features ``transform`` returns.
     n_features_in_ : int
         Values per sample seen in ``fit``.
-    input_spec_ : dict
+    input_spec_ : InputSpec
         Layout, per-sample shape and scaling of the input seen in ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names of X, set only when X is a DataFrame with string column names.
+    cache_key_ : str
+        Key of the features in the activation cache.
     backbone_name_ : str
         Name of the resolved backbone.
     weights_ : str or None
@@ -133,30 +127,12 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     """
 
     _parameter_constraints = {
-        "backbone": [str, callable],
-        "weights": [str, os.PathLike, None],
+        **_BACKBONE_CONSTRAINTS,
         "stage": [str, None],
-        "input_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "input_shape": [tuple, list, None],
-        "grayscale": [StrOptions({"repeat", "adapt"})],
         "pooling": [StrOptions({"avg", "max"})],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "cache": ["boolean"],
-        "memory": [None, str, HasMethods(["cache"])],
-        "device": [str],
-        "precision": [StrOptions({"float32", "bfloat16", "float16"})],
     }
-
-    # The network builder shared with the estimators reads these fine-tuning settings; for a
-    # feature extractor they are fixed: the whole backbone is frozen and no BatchNorm statistic
-    # ever changes.
-    _build_network = TransferEstimatorMixin._build_network
-    _channels_last = TransferEstimatorMixin._channels_last
-    _input_kind = TransferEstimatorMixin._input_kind
-    _image_size = TransferEstimatorMixin._image_size
-    freeze_depth = "all"
-    train_bn = False
-    bn_momentum = None
+    _persisted = {**BackboneEstimatorMixin._persisted, "stage_": "str",
+                  "cache_key_": "cache_key"}
 
     def __init__(
         self,
@@ -165,12 +141,11 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         weights="DEFAULT",
         stage=None,
         input_size=None,
-        input_shape=None,
+        image_shape=None,
         grayscale="repeat",
         pooling="avg",
         batch_size=64,
         cache=True,
-        memory=None,
         device="auto",
         precision="float32",
     ):
@@ -178,12 +153,11 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         self.weights = weights
         self.stage = stage
         self.input_size = input_size
-        self.input_shape = input_shape
+        self.image_shape = image_shape
         self.grayscale = grayscale
         self.pooling = pooling
         self.batch_size = batch_size
         self.cache = cache
-        self.memory = memory
         self.device = device
         self.precision = precision
 
@@ -214,42 +188,50 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         >>> feats.stage_names_, feats.stage_, feats.n_features_out_
         (['stem', 'block1', 'block2'], 'block2', 16)
         """
-        input_kind = self._input_kind()
-        image_size = (
-            self._image_size() if input_kind == "image" and is_image_list(X) else None
-        )
-        X, spec = check_input(
-            X, input_kind=input_kind, input_shape=self.input_shape, estimator=self,
-            image_size=image_size,
-        )
+        X, spec, feature_names = self._validate_fit_input(X)
         device = resolve_device(self.device)
         check_precision(self.precision, device)
         sample = make_source(X, spec).batch(np.arange(min(len(X), 2)))
         with preserved_global_state(device):
             if self.weights is None:
                 torch.manual_seed(_RANDOM_INIT_SEED)
-            net, bb, k, n_out = self._build_network(spec, 1, sample, weights=self.weights)
-            names = list(net.stages._modules)
+            built = self._build_network(spec, 1, sample, weights=self.weights)
+            net = built.net
+            names = built.stage_names
             depth = _stage_depth(self.stage, names)
             net.to(device).eval()
+            n_out = built.n_features
             if depth < len(names):
                 with torch.inference_mode():
                     n_out = _pool(net.prefix(sample.to(device), depth), self.pooling).shape[1]
         self.module_ = net
         self.device_ = device
-        self.backbone_name_ = bb.name
-        self.weights_ = bb.weights
+        self.backbone_name_ = built.backbone_name
+        self.weights_ = built.weights
         self.stage_names_ = names
         self.stage_ = names[depth - 1]
-        self.n_frozen_stages_ = k
+        self.n_frozen_stages_ = built.n_frozen
         self.n_features_out_ = int(n_out)
-        self.input_spec_ = dict(spec)
-        self.n_features_in_ = int(np.prod(X.shape[1:]))
-        self._cache_key = precision_key(caching.prefix_key(
-            self, bb.name, bb.weights, spec, depth,
-            _RANDOM_INIT_SEED if self.weights is None else None,
+        self._set_input_attrs(X, spec, feature_names)
+        self.cache_key_ = precision_key(caching.prefix_key(
+            backbone=self.backbone, backbone_name=built.backbone_name, weights=built.weights,
+            spec=spec, k=depth, seed=_RANDOM_INIT_SEED if self.weights is None else None,
+            input_size=self.input_size, grayscale=self.grayscale,
         ), self.precision)
         return self
+
+    def _network_options(self):
+        # a feature extractor freezes the whole backbone; no BatchNorm statistic ever changes
+        return {"freeze_depth": "all", "batchnorm": "checkpoint", "fast_depthwise": True}
+
+    def _n_outputs_fitted(self):
+        return 1
+
+    @classmethod
+    def _check_persisted(cls, attrs):
+        super()._check_persisted(attrs)
+        if attrs["stage_"] not in attrs["stage_names_"]:
+            raise ValueError("stage_ is not one of stage_names_")
 
     def transform(self, X):
         """Features of X.
@@ -275,14 +257,7 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         (4, 8)
         """
         check_is_fitted(self, "module_")
-        X = check_same_input(
-            X,
-            self.input_spec_,
-            input_kind=self.input_spec_["kind"],
-            input_shape=self.input_shape,
-            estimator=self,
-            resize=self.input_size is not None,
-        )
+        X = self._validate_predict_input(X)
         net = self.module_
         net.eval()
         depth = self.stage_names_.index(self.stage_) + 1
@@ -291,10 +266,10 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         with preserved_global_state(self.device_), torch.inference_mode(), \
                 amp_context(self.device_, precision):
             acts = None
-            if self.cache:
+            if self.cache is not False:
                 acts = caching.prefix_activations(
-                    net, depth, src, key=self._cache_key, device=self.device_,
-                    batch_size=self.batch_size, memory=self.memory,
+                    net, depth, src, key=self.cache_key_, device=self.device_,
+                    batch_size=self.batch_size, memory=self._memory(),
                 )
             if acts is not None:
                 out = _pool(acts, self.pooling)
@@ -311,21 +286,6 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     @property
     def _n_features_out(self):
         return self.n_features_out_
-
-    # -- persistence ----------------------------------------------------------------------
-
-    __getstate__ = TransferEstimatorMixin.__getstate__
-
-    def __setstate__(self, state):
-        module_state = state.pop("_module_state", None)
-        TransferEstimatorMixin.__setstate__(self, state)
-        if module_state is not None:
-            from .persistence import rebuild_module
-
-            self.module_ = rebuild_module(self, module_state)
-
-    def _n_outputs_fitted(self):
-        return 1
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ._data import InputSpec
+from ._spec import InputSpec
 
 __all__ = ["BadImageError", "decode_image", "is_image_list", "load_images"]
 

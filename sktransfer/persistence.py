@@ -21,6 +21,9 @@ loaded estimator is ever returned.
 ``pickle``/``joblib`` also work (the network travels as numpy arrays and is rebuilt on
 unpickling), but unpickling runs code chosen by whoever wrote the file: use them only for
 files you trust.
+
+What is stored of a fitted estimator is what its class declares in ``_persisted`` (fitted
+attribute -> kind); this module knows how to write and check each kind, never a class.
 """
 
 from __future__ import annotations
@@ -32,101 +35,32 @@ import numbers
 import os
 import re
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import MaxAbsScaler, StandardScaler
+
+from ._network import is_buildable_backbone
+from ._runtime import resolve_device
+from ._spec import InputSpec
+from .classifier import TransferClassifier
+from .features import TransferFeatures
+from .regressor import TransferRegressor
 
 __all__ = ["load", "save"]
+
+# The classes save() writes and load() rebuilds: each declares its fitted state in
+# ``_persisted`` (attribute -> kind, see _KINDS) and checks it in ``_check_persisted``.
+_ESTIMATORS = {cls.__name__: cls for cls in (TransferClassifier, TransferRegressor,
+                                             TransferFeatures)}
 
 FORMAT_NAME = "sktransfer-estimator"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.safetensors"
 _MAX_CONFIG_BYTES = 64 * 2**20
-
-
-# ---------------------------------------------------------------------------------------------
-# Rebuilding a fitted network (pickling and load)
-# ---------------------------------------------------------------------------------------------
-
-
-def _device_for(est, device=None):
-    device = getattr(est, "device_", "cpu") if device is None else device
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        warnings.warn(
-            f"This model was fitted on {device!r} but CUDA is not available here; it is loaded "
-            "on the CPU instead (device_ is now 'cpu').",
-            UserWarning,
-            stacklevel=4,
-        )
-        return "cpu"
-    return device
-
-
-def rebuild_module(est, module_state, device=None):
-    """Build the fitted architecture of ``est`` (no weights downloaded) and load the arrays.
-
-    Parameters
-    ----------
-    est : estimator
-        Carries the hyperparameters and fitted attributes (``input_spec_``,
-        ``n_frozen_stages_``...) that define the architecture.
-    module_state : dict of str to ndarray or torch.Tensor
-        The state dict. The load is strict: every key and every shape must match.
-    device : str, default=None
-        Where to put the network (``None``: ``est.device_``). CUDA falls back to the CPU, with
-        a warning, where it is unavailable; ``est.device_`` is updated.
-
-    Returns
-    -------
-    module : torch.nn.Module
-        The network, in eval mode.
-    """
-    from ._base import preserved_global_state
-
-    spec = est.input_spec_
-    sample_shape = tuple(spec["sample_shape"])
-    sample = torch.zeros((2, *sample_shape), dtype=_torch_dtype(spec["dtype"]))
-    with preserved_global_state():
-        net, _, _, _ = est._build_network(
-            spec, est._n_outputs_fitted(), sample, weights=None, n_frozen=est.n_frozen_stages_
-        )
-    state = {
-        k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v, copy=True))
-        for k, v in module_state.items()
-    }
-    own = net.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    wrong = [
-        f"{k}: stored {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in state
-        if k in own and tuple(own[k].shape) != tuple(state[k].shape)
-    ]
-    if missing or extra or wrong:
-        raise ValueError(
-            "Stored weights do not match the architecture rebuilt from the hyperparameters: "
-            f"missing {missing[:5]}, unexpected {extra[:5]}, wrong shapes {wrong[:5]}. The file "
-            "is corrupt or was written by an incompatible version."
-        )
-    names = getattr(est, "stage_names_", None)
-    if names is not None and list(net.stages._modules) != list(names):
-        raise ValueError(
-            f"The rebuilt backbone has stages {list(net.stages._modules)} but the model was "
-            f"fitted with {list(names)}: the backbone definition changed since it was saved."
-        )
-    net.load_state_dict(state, strict=True)
-    device = _device_for(est, device)
-    est.device_ = device
-    net.to(device)
-    net.eval()
-    return net
-
-
-def _torch_dtype(name):
-    return torch.from_numpy(np.zeros(1, dtype=np.dtype(name))).dtype
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,28 +127,6 @@ def _decode(value):
             return out
         raise ValueError(f"unexpected object {value!r}")
     return value
-
-
-def _estimator_classes():
-    from .classifier import TransferClassifier
-    from .regressor import TransferRegressor
-
-    classes = [TransferClassifier, TransferRegressor]
-    try:
-        from .features import TransferFeatures
-    except ImportError:  # pragma: no cover - features is part of the package
-        pass
-    else:
-        classes.append(TransferFeatures)
-    return {cls.__name__: cls for cls in classes}
-
-
-def _backbone_allowed(name):
-    from .backbones import _REGISTRY, _torchvision_names
-
-    if not isinstance(name, str):
-        return False
-    return name in _REGISTRY or name.startswith("timm:") or name in _torchvision_names()
 
 
 # Fitted attributes: name -> checker(value) returning the value to set (raises ValueError).
@@ -293,60 +205,6 @@ def _float_array_attr(v):
     return np.asarray(v, dtype=np.float64)
 
 
-def _spec_attr(v):
-    _check(isinstance(v, dict), "must be an object")
-    _check(v.get("kind") in ("image", "vector"), "needs kind 'image' or 'vector'")
-    _check(v.get("layout") in ("flat", "nhw", "nhwc", "nchw"), "needs a known layout")
-    shape = v.get("sample_shape")
-    _check(
-        isinstance(shape, tuple) and len(shape) > 0 and all(_is_int(s, 1) for s in shape),
-        "needs sample_shape, a tuple of positive integers",
-    )
-    channels = v.get("channels")
-    _check(channels is None or _is_int(channels, 1), "needs channels, an integer or null")
-    scale = v.get("scale")
-    _check(
-        isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0,
-        "needs scale, a positive number",
-    )
-    _check(isinstance(v.get("dtype"), str), "needs dtype, a numpy dtype name")
-    try:
-        dtype = np.dtype(v["dtype"])
-    except TypeError as exc:
-        raise ValueError(f"needs dtype, a numpy dtype name ({exc})") from None
-    _check(dtype.kind in "biuf", "needs a numeric dtype")
-    return dict(v)
-
-
-_COMMON_ATTRS = {
-    "input_spec_": _spec_attr,
-    "n_frozen_stages_": _int_attr(0),
-    "stage_names_": _names_attr,
-    "n_features_out_": _int_attr(1),
-    "n_features_in_": _int_attr(1),
-    "device_": _str_attr,
-    "backbone_name_": _str_attr,
-    "weights_": _opt_str_attr,
-}
-_TRAINED_ATTRS = {
-    "history_": _history_attr,
-    "n_iter_": _int_attr(0),
-    "cache_key_": _key_attr,
-    "interrupted_": _bool_attr,
-}
-_ATTRS = {
-    "TransferClassifier": {**_COMMON_ATTRS, **_TRAINED_ATTRS},
-    "TransferRegressor": {
-        **_COMMON_ATTRS,
-        **_TRAINED_ATTRS,
-        "n_outputs_": _int_attr(1),
-        "_y_ndim": _int_attr(1),
-        "_y_mean": _float_array_attr,
-        "_y_scale": _float_array_attr,
-    },
-    "TransferFeatures": {**_COMMON_ATTRS, "stage_": _str_attr, "_cache_key": _key_attr},
-}
-
 _LABEL_KINDS = {"U": str, "i": int, "u": int, "b": bool, "f": float}
 
 
@@ -403,6 +261,51 @@ def _decode_classes(v):
     return classes
 
 
+def _encode_target_scaler(pipe):
+    max_abs, standard = pipe[0], pipe[-1]
+    return {"max_abs": max_abs.max_abs_.tolist(), "mean": standard.mean_.tolist(),
+            "scale": standard.scale_.tolist()}
+
+
+def _decode_target_scaler(v):
+    _check(isinstance(v, dict) and set(v) == {"max_abs", "mean", "scale"},
+           "must be {max_abs, mean, scale}")
+    max_abs, mean, scale = (_float_array_attr(v[k]) for k in ("max_abs", "mean", "scale"))
+    _check(len(max_abs) == len(mean) == len(scale), "needs arrays of one length")
+    _check(bool(np.all(max_abs >= 0) and np.all(scale > 0)), "needs max_abs >= 0 and scale > 0")
+    pipe = make_pipeline(MaxAbsScaler(), StandardScaler())
+    n = len(mean)
+    first, second = pipe[0], pipe[-1]
+    first.max_abs_, first.scale_ = max_abs, np.where(max_abs == 0, 1.0, max_abs)
+    second.mean_, second.scale_, second.var_ = mean, scale, scale**2
+    for step in (first, second):
+        step.n_features_in_, step.n_samples_seen_ = n, 1
+    return pipe
+
+
+def _encode_plain(value):
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    return _encode(value)
+
+
+# kind -> (encode: fitted value -> JSON value, decode: JSON value -> checked fitted value).
+# A decoder reads an untrusted file: it raises ValueError with what is wrong.
+_KINDS = {
+    "count": (_encode_plain, _int_attr(0)),
+    "positive": (_encode_plain, _int_attr(1)),
+    "str": (_encode_plain, _str_attr),
+    "optional_str": (_encode_plain, _opt_str_attr),
+    "bool": (_encode_plain, _bool_attr),
+    "names": (_encode_plain, _names_attr),
+    "history": (_encode_plain, _history_attr),
+    "cache_key": (_encode_plain, _key_attr),
+    "input_spec": (lambda spec: _encode(spec.to_dict()), InputSpec.from_dict),
+    "labels": (_encode_classes, _decode_classes),
+    "target_scaler": (_encode_target_scaler, _decode_target_scaler),
+}
+
+
 # ---------------------------------------------------------------------------------------------
 # save / load
 # ---------------------------------------------------------------------------------------------
@@ -457,12 +360,11 @@ def save(estimator, path):
     """
     from . import __version__
 
-    classes = _estimator_classes()
     name = type(estimator).__name__
-    if classes.get(name) is not type(estimator):
+    if _ESTIMATORS.get(name) is not type(estimator):
         raise ValueError(
-            f"save() stores {sorted(classes)} estimators, got {type(estimator).__name__}. Use "
-            "pickle or joblib (trusted files only) for other objects."
+            f"save() stores {sorted(_ESTIMATORS)} estimators, got {type(estimator).__name__}. "
+            "Use pickle or joblib (trusted files only) for other objects."
         )
     params = {}
     for key, value in estimator.get_params(deep=False).items():
@@ -483,7 +385,7 @@ def save(estimator, path):
                 f"and dicts of those.{hint} Set {key} to a plain value before saving, or use "
                 "pickle/joblib (trusted files only)."
             ) from None
-    if not _backbone_allowed(estimator.backbone):
+    if not is_buildable_backbone(estimator.backbone):
         raise ValueError(
             f"Cannot save {name} with backbone={estimator.backbone!r}: it is not a registered, "
             "torchvision or 'timm:' backbone name, so load() could not rebuild it."
@@ -493,21 +395,15 @@ def save(estimator, path):
     state = None
     if hasattr(estimator, "module_"):
         fitted = {}
-        for attr in _ATTRS[name]:
+        for attr, kind in type(estimator)._persisted.items():
             value = getattr(estimator, attr)
-            if isinstance(value, np.ndarray):
-                value = value.tolist()
-            elif isinstance(value, dict):  # input_spec_: tuples must stay tuples
-                value = dict(value)
             try:
-                fitted[attr] = _encode(value)
+                fitted[attr] = _KINDS[kind][0](value)
             except _Unrepresentable:
                 raise ValueError(
                     f"Cannot save the fitted attribute {attr}={value!r}: it holds a value the "
                     "safe format cannot represent."
                 ) from None
-        if name == "TransferClassifier":
-            fitted["classes_"] = _encode_classes(estimator.classes_)
         state = {
             k: v.detach().to("cpu").contiguous().clone()
             for k, v in estimator.module_.state_dict().items()
@@ -653,16 +549,14 @@ class _ConfigError(Exception):
 
 
 def _load_checked(folder, config, device):
-    from ._base import resolve_device
-
     # 1. what to build: only our estimator classes and backbones, checked before building
-    classes = _estimator_classes()
     name = config.get("estimator")
-    if not isinstance(name, str) or name not in classes:
+    if not isinstance(name, str) or name not in _ESTIMATORS:
         raise ValueError(
-            f"Refusing to load estimator class {name!r}: only {sorted(classes)} can be loaded."
+            f"Refusing to load estimator class {name!r}: only {sorted(_ESTIMATORS)} can be "
+            "loaded."
         )
-    cls = classes[name]
+    cls = _ESTIMATORS[name]
     raw_params = config.get("params")
     if not isinstance(raw_params, dict):
         raise _ConfigError("'params' must be an object")
@@ -675,7 +569,7 @@ def _load_checked(folder, config, device):
     if unknown:
         raise _ConfigError(f"unknown hyperparameters {unknown} for {name}")
     backbone = params.get("backbone", cls().backbone)
-    if not _backbone_allowed(backbone):
+    if not is_buildable_backbone(backbone):
         raise ValueError(
             f"Refusing to load backbone {backbone!r}: load() builds only backbones registered "
             "in this process (sktransfer.list_backbones('registered')), torchvision model "
@@ -695,34 +589,22 @@ def _load_checked(folder, config, device):
 
     # 2. fitted attributes, each checked
     attrs = {}
-    schema = dict(_ATTRS[name])
-    expected = set(schema) | ({"classes_"} if name == "TransferClassifier" else set())
-    if set(fitted) != expected:
+    schema = cls._persisted
+    if set(fitted) != set(schema):
         raise _ConfigError(
             f"fitted attributes {sorted(fitted)} differ from those of {name}: "
-            f"missing {sorted(expected - set(fitted))}, "
-            f"unexpected {sorted(set(fitted) - expected)}"
+            f"missing {sorted(set(schema) - set(fitted))}, "
+            f"unexpected {sorted(set(fitted) - set(schema))}"
         )
-    for attr, check in schema.items():
+    for attr, kind in schema.items():
         try:
-            attrs[attr] = check(_decode(fitted[attr]))
+            attrs[attr] = _KINDS[kind][1](_decode(fitted[attr]))
         except (ValueError, TypeError) as exc:
             raise _ConfigError(f"fitted attribute {attr!r} {exc}") from None
-    if name == "TransferClassifier":
-        try:
-            attrs["classes_"] = _decode_classes(fitted["classes_"])
-        except (ValueError, TypeError) as exc:
-            raise _ConfigError(f"fitted attribute 'classes_' {exc}") from None
-    if attrs["n_frozen_stages_"] > len(attrs["stage_names_"]):
-        raise _ConfigError("n_frozen_stages_ exceeds the number of stages")
-    if name == "TransferRegressor":
-        n = attrs["n_outputs_"]
-        if attrs["_y_ndim"] not in (1, 2) or len(attrs["_y_mean"]) != n or len(
-            attrs["_y_scale"]
-        ) != n or (attrs["_y_ndim"] == 1 and n != 1):
-            raise _ConfigError("the target scaling does not match n_outputs_")
-    if name == "TransferFeatures" and attrs["stage_"] not in attrs["stage_names_"]:
-        raise _ConfigError("stage_ is not one of stage_names_")
+    try:
+        cls._check_persisted(attrs)
+    except ValueError as exc:
+        raise _ConfigError(str(exc)) from None
 
     # 3. the weights: size and hash of the exact bytes that are then parsed
     info = config.get("weights")
@@ -771,15 +653,12 @@ def _load_checked(folder, config, device):
     for attr, value in attrs.items():
         setattr(est, attr, value)
     try:
-        module = rebuild_module(est, state, device=target)
-        if name != "TransferFeatures" and module.head.in_features != est.n_features_out_:
+        module = est._restore_module(state, device=target)
+        if hasattr(est, "net_") and module.head.in_features != est.n_features_out_:
             raise ValueError(
                 f"n_features_out_={est.n_features_out_} does not match the network's "
                 f"{module.head.in_features} features."
             )
-        est.module_ = module
-        if hasattr(est, "_wrap_in_skorch"):
-            est.net_ = est._wrap_in_skorch(module)
     except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
         raise ValueError(
             f"Could not rebuild the model saved in {str(folder)!r}: {exc}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 
 from ._base import TransferEstimatorMixin
 from ._compat import _fit_context
@@ -16,8 +18,8 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
     """Fine-tune a pretrained network for regression, scikit-learn style.
 
     The classification head is replaced by a linear layer with one output per target, trained
-    on mean squared error. Targets are standardised internally (and predictions mapped back),
-    so the learning rate does not depend on their scale.
+    on mean squared error. Targets are standardised internally (``y_scaler_``, and predictions
+    mapped back), so the learning rate does not depend on their scale.
 
     Parameters
     ----------
@@ -41,18 +43,14 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         Samples per optimiser step.
     input_size : int or None, default=None
         Square resize of every image.
-    input_shape : tuple or None, default=None
-        Reshape rows of a 2-D X into ``(H, W)`` or ``(H, W, C)`` images.
+    image_shape : tuple or None, default=None
+        Each row of a 2-D X is an ``(H, W)`` or ``(H, W, C)`` image (reshaped, not resized).
     grayscale : {"repeat", "adapt"}, default="repeat"
         Single-channel images for an RGB backbone.
     augment : {"light"}, callable or None, default=None
         Training-time augmentation (see :class:`TransferClassifier`).
-    on_bad_image : {"raise", "skip"}, default="raise"
-        Unreadable image files in ``fit``: one error listing all, or skip them with a warning.
-    train_bn : bool, default=False
-        Let BatchNorm layers of frozen stages update their statistics.
-    bn_momentum : float or None, default=0.1
-        Momentum of trainable BatchNorm layers.
+    batchnorm : {"trained", "all", "checkpoint"} or float, default="trained"
+        Which BatchNorm layers update their statistics (see :class:`TransferClassifier`).
     early_stopping : bool, default=False
         Stop on a held-out validation loss; restores the best epoch.
     validation_fraction : float, default=0.1
@@ -61,10 +59,8 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         Early-stopping patience in epochs.
     tol : float, default=1e-4
         Minimum improvement of the validation loss.
-    cache : bool, default=True
-        Reuse frozen-stage outputs (exact).
-    memory : str, joblib.Memory or None, default=None
-        Folder sharing frozen-stage outputs between processes.
+    cache : bool, str, path-like or joblib.Memory, default=True
+        Reuse frozen-stage outputs (exact); a folder also shares them between processes.
     device : str, default="auto"
         ``"auto"``, ``"cpu"``, ``"cuda"``...
     precision : {"float32", "bfloat16", "float16"}, default="float32"
@@ -109,8 +105,23 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         Epochs run.
     n_features_in_ : int
         Values per sample seen in ``fit``.
-    input_spec_ : dict
+    input_spec_ : InputSpec
         Layout and scaling of the training input.
+    y_scaler_ : sklearn.pipeline.Pipeline
+        The target scaling: ``MaxAbsScaler`` then ``StandardScaler`` (the first keeps targets
+        near the float64 limit from overflowing the second), fitted on y as 2-D.
+    y_ndim_ : int
+        Dimensions of y in ``fit`` (``predict`` returns the same).
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names of X, set only when X is a DataFrame with string column names.
+    interrupted_ : bool
+        Whether Ctrl-C ended the last fit.
+    cache_key_ : str or None
+        Key of the frozen stages' outputs in the activation cache.
+    backbone_name_ : str
+        Name of the resolved backbone.
+    weights_ : str or None
+        Description of the weights loaded.
 
     See Also
     --------
@@ -128,6 +139,13 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
     (2,)
     """
 
+    _persisted = {
+        **TransferEstimatorMixin._persisted,
+        "n_outputs_": "positive",
+        "y_ndim_": "positive",
+        "y_scaler_": "target_scaler",
+    }
+
     def __init__(
         self,
         backbone="efficientnet_lite0",
@@ -141,18 +159,15 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         max_epochs=10,
         batch_size=32,
         input_size=None,
-        input_shape=None,
+        image_shape=None,
         grayscale="repeat",
         augment=None,
-        on_bad_image="raise",
-        train_bn=False,
-        bn_momentum=0.1,
+        batchnorm="trained",
         early_stopping=False,
         validation_fraction=0.1,
         n_iter_no_change=5,
         tol=1e-4,
         cache=True,
-        memory=None,
         device="auto",
         precision="float32",
         compile=False,
@@ -173,18 +188,15 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.input_size = input_size
-        self.input_shape = input_shape
+        self.image_shape = image_shape
         self.grayscale = grayscale
         self.augment = augment
-        self.on_bad_image = on_bad_image
-        self.train_bn = train_bn
-        self.bn_momentum = bn_momentum
+        self.batchnorm = batchnorm
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
         self.cache = cache
-        self.memory = memory
         self.device = device
         self.precision = precision
         self.compile = compile
@@ -215,31 +227,25 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         if not np.all(np.isfinite(y)):
             raise ValueError("Input y contains NaN or infinity.")
         y2 = y.reshape(len(y), -1)
-        with np.errstate(over="ignore", invalid="ignore"):
-            mean = y2.mean(axis=0)
-            scale = y2.std(axis=0)
-        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(scale))):
-            # values near the float64 limit overflow the sums: standardise y / max|y| instead
-            top = np.abs(y2).max(axis=0)
-            top[top == 0] = 1.0
-            z = y2 / top
-            z_mean, z_scale = z.mean(axis=0), z.std(axis=0)
-            mean, scale = z_mean * top, np.where(z_scale == 0, 1.0, z_scale * top)
-            z_scale[z_scale == 0] = 1.0
-            y_enc = ((z - z_mean) / z_scale).astype(np.float32)
-        else:
-            scale[scale == 0] = 1.0
-            y_enc = ((y2 - mean) / scale).astype(np.float32)
-        meta = {"n_outputs_": y2.shape[1], "_y_ndim": y.ndim, "_y_mean": mean, "_y_scale": scale}
-        return y_enc, meta
+        scaler = make_pipeline(MaxAbsScaler(), StandardScaler()).fit(y2)
+        y_enc = scaler.transform(y2).astype(np.float32)
+        return y_enc, {"n_outputs_": y2.shape[1], "y_ndim_": y.ndim, "y_scaler_": scaler}
+
+    @classmethod
+    def _check_persisted(cls, attrs):
+        super()._check_persisted(attrs)
+        if attrs["y_ndim_"] not in (1, 2) or attrs["y_scaler_"].n_features_in_ != attrs[
+            "n_outputs_"
+        ] or (attrs["y_ndim_"] == 1 and attrs["n_outputs_"] != 1):
+            raise ValueError("the target scaling does not match n_outputs_")
 
     def _n_outputs(self, y):
-        return y.shape[1] if y is not None else self.n_outputs_
+        return y.shape[1]
 
     def _n_outputs_fitted(self):
         return self.n_outputs_
 
-    def _criterion(self, y):
+    def _criterion(self, y, attrs):
         return torch.nn.MSELoss
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -296,8 +302,9 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         >>> reg.fit(X, Y[:, 0]).predict(X[:3]).shape
         (3,)
         """
-        out = self._forward(X).astype(np.float64) * self._y_scale + self._y_mean
-        return out.ravel() if self._y_ndim == 1 else out
+        out = self._forward(X).astype(np.float64)
+        out = self.y_scaler_.inverse_transform(out)
+        return out.ravel() if self.y_ndim_ == 1 else out
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -156,9 +156,9 @@ def test_budget_evicts_the_oldest_prefix(tiny_images):
     assert 0 < info["nbytes"] < first
 
 
-def test_train_bn_bypasses_the_cache(tiny_images):
+def test_batchnorm_all_bypasses_the_cache(tiny_images):
     X, y = tiny_images
-    clf = _cnn(freeze_depth=2, train_bn=True).fit(X, y)
+    clf = _cnn(freeze_depth=2, batchnorm="all").fit(X, y)
     assert clf.cache_key_ is None
     assert cache_info()["computed"] == 0
     assert cache_info()["prefixes"] == 0
@@ -195,10 +195,10 @@ def test_float16_storage_halves_memory_and_stays_close(textures):
 def test_float16_rows_are_never_read_as_exact_ones(tiny_images, tmp_path):
     X, y = tiny_images
     set_cache_options(dtype="float16")
-    _cnn(freeze_depth=2, memory=str(tmp_path)).fit(X, y)
+    _cnn(freeze_depth=2, cache=str(tmp_path)).fit(X, y)
     clear_cache()
     set_cache_options(dtype="float32")
-    exact = _cnn(freeze_depth=2, memory=str(tmp_path)).fit(X, y)
+    exact = _cnn(freeze_depth=2, cache=str(tmp_path)).fit(X, y)
     assert cache_info()["computed"] == len(X)  # the float16 files were not used
     plain = _cnn(freeze_depth=2, cache=False).fit(X, y)
     np.testing.assert_array_equal(exact.predict_proba(X), plain.predict_proba(X))
@@ -220,7 +220,7 @@ _SECOND_PROCESS = textwrap.dedent(
 
     X, y = np.load(sys.argv[1]), np.load(sys.argv[2])
     clf = TransferClassifier("test_cnn", weights=None, freeze_depth=2, max_epochs=1,
-                             batch_size=8, random_state=0, memory=sys.argv[3]).fit(X, y)
+                             batch_size=8, random_state=0, cache=sys.argv[3]).fit(X, y)
     np.save(sys.argv[4], clf.predict_proba(X))
     print(json.dumps(cache_info()))
     """
@@ -230,7 +230,7 @@ _SECOND_PROCESS = textwrap.dedent(
 def test_memory_folder_shares_activations_between_processes(tiny_images, tmp_path):
     X, y = tiny_images
     folder = tmp_path / "acts"
-    first = _cnn(freeze_depth=2, memory=str(folder)).fit(X, y)
+    first = _cnn(freeze_depth=2, cache=str(folder)).fit(X, y)
     files = [f for _, _, fs in os.walk(folder) for f in fs]
     assert len(files) == len(X)
     assert all(f.endswith(".npy") for f in files)
@@ -255,7 +255,7 @@ def test_memory_folder_receives_rows_computed_before_it_was_given(tiny_images, t
     _cnn(freeze_depth=2).fit(X, y)  # fills the in-process cache only
     assert cache_info()["computed"] == len(X)
     folder = tmp_path / "acts"
-    _cnn(freeze_depth=2, memory=str(folder)).fit(X, y)
+    _cnn(freeze_depth=2, cache=str(folder)).fit(X, y)
     assert cache_info()["computed"] == len(X)  # nothing recomputed...
     files = [f for _, _, fs in os.walk(folder) for f in fs if f.endswith(".npy")]
     assert len(files) == len(X)  # ...and every row reached the folder for other processes
@@ -264,13 +264,13 @@ def test_memory_folder_receives_rows_computed_before_it_was_given(tiny_images, t
 def test_rows_read_from_the_memory_folder_stay_in_memory(tiny_images, tmp_path):
     X, y = tiny_images
     folder = tmp_path / "acts"
-    _cnn(freeze_depth=2, memory=str(folder)).fit(X, y)
+    _cnn(freeze_depth=2, cache=str(folder)).fit(X, y)
     clear_cache()
-    _cnn(freeze_depth=2, memory=str(folder)).fit(X, y)
+    _cnn(freeze_depth=2, cache=str(folder)).fit(X, y)
     assert cache_info()["computed"] == 0 and cache_info()["nbytes"] > 0
     for f in (p for p in folder.rglob("*.npy")):
         f.unlink()  # the folder is emptied: the next fit is served from memory
     plain = _cnn(freeze_depth=2, cache=False).fit(X, y)
-    again = _cnn(freeze_depth=2, memory=str(folder)).fit(X, y)
+    again = _cnn(freeze_depth=2, cache=str(folder)).fit(X, y)
     assert cache_info()["computed"] == 0
     np.testing.assert_array_equal(again.predict_proba(X), plain.predict_proba(X))

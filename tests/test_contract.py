@@ -10,7 +10,7 @@ from sklearn.exceptions import DataConversionWarning
 from sklearn.utils._param_validation import InvalidParameterError
 from skorch.callbacks import Callback
 
-import sktransfer._base
+import sktransfer._network
 from sktransfer import TransferClassifier, TransferRegressor
 from sktransfer.backbones import _test_cnn
 
@@ -43,7 +43,7 @@ def no_backbone(monkeypatch):
     def get_backbone(*args, **kwargs):
         raise AssertionError("a backbone was built before the input was checked")
 
-    monkeypatch.setattr(sktransfer._base, "get_backbone", get_backbone)
+    monkeypatch.setattr(sktransfer._network, "get_backbone", get_backbone)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -75,9 +75,9 @@ def test_batchnorm_statistics_of_frozen_stages_do_not_move(tiny_images):
     assert int(clf.module_.stages.block2[1].num_batches_tracked) > 0
 
 
-def test_train_bn_lets_frozen_batchnorm_statistics_move(tiny_images):
+def test_batchnorm_all_lets_frozen_batchnorm_statistics_move(tiny_images):
     X, y = tiny_images
-    clf = _clf(freeze_depth=2, train_bn=True).fit(X, y)
+    clf = _clf(freeze_depth=2, batchnorm="all").fit(X, y)
     assert int(clf.module_.stages.stem[1].num_batches_tracked) > 0
     assert clf.cache_key_ is None  # inexact, so no cache
 
@@ -86,7 +86,7 @@ def test_trainable_batchnorm_gets_momentum_0_1(tiny_images):
     X, y = tiny_images
     clf = _clf(freeze_depth=1).fit(X, y)
     assert clf.module_.stages.block1[1].momentum == 0.1
-    clf = _clf(freeze_depth=1, bn_momentum=0.3).fit(X, y)
+    clf = _clf(freeze_depth=1, batchnorm=0.3).fit(X, y)
     assert clf.module_.stages.block2[1].momentum == 0.3
 
 
@@ -167,14 +167,14 @@ def test_uint8_means_0_255(tiny_images):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_digits_as_2d_rows_with_input_shape():
+def test_digits_as_2d_rows_with_image_shape():
     d = load_digits()
     X = d.data.astype(np.uint8) * 16
-    clf = TransferClassifier("test_cnn", weights=None, input_shape=(8, 8), max_epochs=4,
+    clf = TransferClassifier("test_cnn", weights=None, image_shape=(8, 8), max_epochs=4,
                              lr=0.05, freeze_depth=0, random_state=0)
     clf.fit(X[:600], d.target[:600])
     assert clf.score(X[600:900], d.target[600:900]) > 0.5
-    with pytest.raises(ValueError, match="input_shape"):
+    with pytest.raises(ValueError, match="image_shape"):
         TransferClassifier("test_cnn", weights=None).fit(X[:50], d.target[:50])
 
 

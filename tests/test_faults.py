@@ -319,13 +319,13 @@ class _CorruptRunningStats(Callback):
             bn.running_var.fill_(1e-5)
 
 
-@pytest.mark.parametrize("freeze_depth, train_bn, stage", [
-    (0, False, "stem"), (1, False, "block1"), (2, False, "block2"),
-    (2, True, "stem"),  # train_bn: the frozen stages' statistics change too
+@pytest.mark.parametrize("freeze_depth, batchnorm, stage", [
+    (0, "trained", "stem"), (1, "trained", "block1"), (2, "trained", "block2"),
+    (2, "all", "stem"),  # batchnorm="all": the frozen stages' statistics change too
 ])
-def test_diverged_batchnorm_statistics_stop_training(data, freeze_depth, train_bn, stage):
+def test_diverged_batchnorm_statistics_stop_training(data, freeze_depth, batchnorm, stage):
     X, y = data
-    clf = _cnn(freeze_depth=freeze_depth, train_bn=train_bn,
+    clf = _cnn(freeze_depth=freeze_depth, batchnorm=batchnorm,
                callbacks=[("poison", _CorruptRunningStats(stage))])
     with pytest.raises(FloatingPointError, match="eval-mode output became NaN or infinite"):
         clf.fit(X, y)
@@ -376,6 +376,6 @@ def test_nothing_to_check_in_eval_mode_when_no_batchnorm_statistics_change(data,
     ],
 )
 def test_the_weight_check_tells_non_finite_from_large_finite_values(tensors, finite):
-    from sktransfer._base import _all_finite
+    from sktransfer._training import _all_finite
 
     assert _all_finite(tensors) is finite

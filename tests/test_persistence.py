@@ -141,11 +141,11 @@ def test_save_load_features_transformer_round_trip(tmp_path):
 
 def test_save_load_unfitted(tmp_path):
     est = TransferClassifier(
-        "resnet18", input_shape=(8, 8), class_weight={1: 2.0, "b": 0.5}, weights=tmp_path / "w.pt"
+        "resnet18", image_shape=(8, 8), class_weight={1: 2.0, "b": 0.5}, weights=tmp_path / "w.pt"
     )
     loaded = sktransfer.load(sktransfer.save(est, tmp_path / "m"))
     assert loaded.get_params() == est.get_params()
-    assert isinstance(loaded.get_params()["input_shape"], tuple)
+    assert isinstance(loaded.get_params()["image_shape"], tuple)
     assert not hasattr(loaded, "module_")
     assert not (tmp_path / "m" / "weights.safetensors").exists()
 
@@ -188,7 +188,7 @@ def test_save_overwrites_an_earlier_save(saved_cnn, tmp_path):
         ("backbone", _test_cnn),
         ("callbacks", [object()]),
         ("random_state", np.random.RandomState(0)),
-        ("memory", joblib.Memory(None, verbose=0)),
+        ("cache", joblib.Memory(None, verbose=0)),
         ("tol", float("nan")),
     ],
     ids=["callable-backbone", "callbacks", "RandomState", "Memory", "nan"],

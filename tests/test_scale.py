@@ -75,7 +75,7 @@ def test_bfloat16_regressor_predicts_float_values_close_to_float32(tiny_vectors)
 def test_bfloat16_cache_stores_float32_and_matches_uncached_training(tiny_images, tmp_path):
     X, y = tiny_images
     clear_cache()  # rows found in the process's cache are not written to the folder again
-    cached = _clf(precision="bfloat16", memory=str(tmp_path)).fit(X, y)
+    cached = _clf(precision="bfloat16", cache=str(tmp_path)).fit(X, y)
     uncached = _clf(precision="bfloat16", cache=False).fit(X, y)
     files = list((tmp_path / "sktransfer_activations").glob("*/*.npy"))
     assert len(files) == len(X)
@@ -319,7 +319,7 @@ def test_grid_search_on_dask_workers_matches_one_process(dask_client, images, tm
         local = GridSearchCV(base, grid, **options).fit(X, y)
 
     # the workers share the frozen stages' outputs through the folder
-    shared = clone(base).set_params(memory=str(tmp_path))
+    shared = clone(base).set_params(cache=str(tmp_path))
     remote = GridSearchCV(shared, grid, n_jobs=-1, **options)
     with joblib.parallel_backend("dask"):
         remote.fit(X, y)

@@ -1,0 +1,111 @@
+"""Device, seeding, global-state hygiene and batched inference. Pure PyTorch/numpy."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+from ._data import ArrayDataset, ArraySource, collate_batch
+
+__all__ = [
+    "batched_forward",
+    "check_finite_output",
+    "preserved_global_state",
+    "resolve_device",
+    "seed_from",
+]
+
+
+@contextlib.contextmanager
+def preserved_global_state(device=None):
+    """Leave torch, numpy and ``random`` RNG states (and torch's thread count) as found."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    devices = []
+    if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
+        devices = [torch.device(device)]
+    threads = torch.get_num_threads()
+    grad = torch.is_grad_enabled()
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+            torch.set_grad_enabled(grad)
+
+
+def resolve_device(device):
+    """``"auto"`` -> CUDA when available, else CPU; anything else is checked."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device={device!r} is not a device torch understands; use 'auto', 'cpu', 'cuda' "
+            "or 'cuda:N'."
+        ) from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was requested but CUDA is not available on this machine; use "
+            "device='auto' or 'cpu'."
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r} was requested but MPS is not available.")
+    return str(dev)
+
+
+def seed_from(random_state):
+    """An integer seed from a ``random_state`` value (``None``: a fresh draw)."""
+    if random_state is None:
+        return int(np.random.SeedSequence().generate_state(1)[0])
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(np.iinfo(np.int32).max))
+    return int(random_state)
+
+
+def batched_forward(net, source, device, batch_size, start=0, num_workers=0, pad=False):
+    """Outputs for every sample of ``source``, in batches of ``batch_size``.
+
+    With ``pad=True`` every batch is zero-padded to ``batch_size`` rows, so each sample goes
+    through exactly the same matrix kernels whatever the size of the request: predictions are
+    then bitwise invariant to batch size and row order (used for cheap vector backbones).
+    """
+    outs = []
+    n = len(source)
+    chunks = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    batches = (source.batch(idx) for idx in chunks)
+    if num_workers and not isinstance(source, ArraySource):
+        # decode (files) in parallel workers, in order
+        batches = (xb for xb, _ in torch.utils.data.DataLoader(
+            ArrayDataset(source), batch_sampler=chunks, num_workers=num_workers,
+            collate_fn=collate_batch,
+        ))
+    with torch.inference_mode():
+        for xb in batches:
+            m = len(xb)
+            if pad and m < batch_size:
+                xb = torch.cat([xb, xb.new_zeros((batch_size - m, *xb.shape[1:]))])
+            out = net(xb.to(device, non_blocking=True), start=start)[:m]
+            outs.append(out.float().cpu())
+    return torch.cat(outs).numpy()
+
+
+def check_finite_output(out):
+    """``out``, checked: a NaN or infinite network output is an error, never a prediction."""
+    bad = ~np.isfinite(out).reshape(len(out), -1).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(
+            f"The network's output is NaN or infinite for {len(rows)} sample(s) (rows "
+            f"{rows[:5].tolist()}{' ...' if len(rows) > 5 else ''}): their values overflow "
+            "float32 inside the network or lie far outside the range seen in fit. Check X "
+            "for extreme values."
+        )
+    return out
