@@ -94,6 +94,7 @@ class BackboneEstimatorMixin:
         "device_": "str",
         "backbone_name_": "str",
         "weights_": "optional_str",
+        "feature_names_in_": "feature_names",
     }
 
     def _network_options(self):

@@ -30,21 +30,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import numbers
 import os
-import re
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 
 from ._network import is_buildable_backbone
 from ._runtime import resolve_device
-from ._spec import InputSpec
+from ._state_codec import KINDS, Unrepresentable, decode, encode, is_int
 from .classifier import TransferClassifier
 from .features import TransferFeatures
 from .regressor import TransferRegressor
@@ -61,249 +55,6 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.safetensors"
 _MAX_CONFIG_BYTES = 64 * 2**20
-
-
-# ---------------------------------------------------------------------------------------------
-# JSON encoding of hyperparameters and fitted attributes
-# ---------------------------------------------------------------------------------------------
-
-
-class _Unrepresentable(Exception):
-    pass
-
-
-def _encode(value):
-    """Plain value -> JSON value. Tuples, paths and dicts whose keys are not all plain strings
-    (class_weight's labels) are tagged, so that they come back as they were."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        value = float(value)
-        if not math.isfinite(value):
-            raise _Unrepresentable(value)
-        return value
-    if isinstance(value, os.PathLike):
-        path = os.fspath(value)
-        if not isinstance(path, str):
-            raise _Unrepresentable(value)
-        return {"__path__": path}
-    if isinstance(value, tuple):
-        return {"__tuple__": [_encode(v) for v in value]}
-    if isinstance(value, list):
-        return [_encode(v) for v in value]
-    if isinstance(value, dict):
-        if all(isinstance(k, str) and not k.startswith("__") for k in value):
-            return {k: _encode(v) for k, v in value.items()}
-        return {"__dict__": [[_encode(k), _encode(v)] for k, v in value.items()]}
-    raise _Unrepresentable(value)
-
-
-def _decode(value):
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    if isinstance(value, dict):
-        if not any(k.startswith("__") for k in value):
-            return {k: _decode(v) for k, v in value.items()}
-        if len(value) != 1:
-            raise ValueError(f"unexpected object {value!r}")
-        (tag, inner), = value.items()
-        if tag == "__tuple__" and isinstance(inner, list):
-            return tuple(_decode(v) for v in inner)
-        if tag == "__path__" and isinstance(inner, str):
-            return Path(inner)
-        if tag == "__dict__" and isinstance(inner, list):
-            out = {}
-            for pair in inner:
-                if not (isinstance(pair, list) and len(pair) == 2):
-                    raise ValueError(f"unexpected dict item {pair!r}")
-                key = _decode(pair[0])
-                if isinstance(key, (list, dict)):
-                    raise ValueError(f"unhashable dict key {key!r}")
-                out[key] = _decode(pair[1])
-            return out
-        raise ValueError(f"unexpected object {value!r}")
-    return value
-
-
-# Fitted attributes: name -> checker(value) returning the value to set (raises ValueError).
-
-
-def _is_int(v, lo=None):
-    return isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo)
-
-
-def _check(cond, what):
-    if not cond:
-        raise ValueError(what)
-
-
-def _int_attr(lo=0):
-    def check(v):
-        _check(_is_int(v, lo), f"must be an integer >= {lo}")
-        return v
-
-    return check
-
-
-def _str_attr(v):
-    _check(isinstance(v, str), "must be a string")
-    return v
-
-
-def _opt_str_attr(v):
-    _check(v is None or isinstance(v, str), "must be a string or null")
-    return v
-
-
-def _key_attr(v):
-    # a folder name inside ``memory``: hexadecimal only, so it cannot point elsewhere
-    _check(
-        v is None or (isinstance(v, str) and re.fullmatch(r"[0-9a-f]{1,128}", v) is not None),
-        "must be a hexadecimal cache key or null",
-    )
-    return v
-
-
-def _bool_attr(v):
-    _check(isinstance(v, bool), "must be true or false")
-    return v
-
-
-def _names_attr(v):
-    _check(
-        isinstance(v, list) and len(v) > 0 and all(isinstance(s, str) for s in v),
-        "must be a non-empty list of strings",
-    )
-    return v
-
-
-def _history_attr(v):
-    _check(isinstance(v, list), "must be a list")
-    for row in v:
-        _check(
-            isinstance(row, dict)
-            and all(
-                isinstance(k, str) and isinstance(x, (int, float)) and not isinstance(x, bool)
-                for k, x in row.items()
-            ),
-            "must be a list of {name: number} rows",
-        )
-    return v
-
-
-def _float_array_attr(v):
-    _check(
-        isinstance(v, list)
-        and len(v) > 0
-        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v),
-        "must be a non-empty list of numbers",
-    )
-    return np.asarray(v, dtype=np.float64)
-
-
-_LABEL_KINDS = {"U": str, "i": int, "u": int, "b": bool, "f": float}
-
-
-def _encode_classes(classes):
-    classes = np.asarray(classes)
-    kind = classes.dtype.kind
-    if kind == "O":
-        values = [v.item() if isinstance(v, np.generic) else v for v in classes.tolist()]
-        if not all(isinstance(v, (str, int, float, bool)) for v in values):
-            bad = next(v for v in values if not isinstance(v, (str, int, float, bool)))
-            raise ValueError(
-                f"Cannot save classes_ holding {type(bad).__name__} objects: the safe format "
-                "stores labels that are strings, integers, floats or booleans."
-            )
-        return {"dtype": "object", "values": values}
-    if kind not in _LABEL_KINDS:
-        raise ValueError(
-            f"Cannot save classes_ of dtype {classes.dtype}: the safe format stores labels "
-            "that are strings, integers, floats or booleans."
-        )
-    return {"dtype": classes.dtype.str, "values": [_encode(v) for v in classes.tolist()]}
-
-
-def _decode_classes(v):
-    _check(isinstance(v, dict) and set(v) == {"dtype", "values"}, "must be {dtype, values}")
-    values = v["values"]
-    _check(isinstance(values, list) and len(values) >= 2, "must hold at least 2 labels")
-    if v["dtype"] == "object":
-        _check(
-            all(isinstance(x, (str, int, float, bool)) for x in values),
-            "must hold strings, numbers or booleans",
-        )
-        classes = np.empty(len(values), dtype=object)
-        classes[:] = values
-    else:
-        try:
-            dtype = np.dtype(v["dtype"])
-        except TypeError:
-            raise ValueError(f"has an unknown dtype {v['dtype']!r}") from None
-        _check(dtype.kind in _LABEL_KINDS, f"has an unsupported dtype {dtype}")
-        want = _LABEL_KINDS[dtype.kind]
-        ok = (
-            (lambda x: isinstance(x, (int, float)) and not isinstance(x, bool))
-            if want is float
-            else (lambda x: isinstance(x, want) and (want is bool or not isinstance(x, bool)))
-        )
-        _check(all(ok(x) for x in values), f"must hold values of dtype {dtype}")
-        try:
-            classes = np.array(values, dtype=dtype)
-        except (OverflowError, ValueError) as exc:
-            raise ValueError(f"does not fit dtype {dtype} ({exc})") from None
-        _check(classes.tolist() == values, f"does not fit dtype {dtype}")
-    _check(len(set(classes.tolist())) == len(classes), "must hold distinct labels")
-    return classes
-
-
-def _encode_target_scaler(pipe):
-    max_abs, standard = pipe[0], pipe[-1]
-    return {"max_abs": max_abs.max_abs_.tolist(), "mean": standard.mean_.tolist(),
-            "scale": standard.scale_.tolist()}
-
-
-def _decode_target_scaler(v):
-    _check(isinstance(v, dict) and set(v) == {"max_abs", "mean", "scale"},
-           "must be {max_abs, mean, scale}")
-    max_abs, mean, scale = (_float_array_attr(v[k]) for k in ("max_abs", "mean", "scale"))
-    _check(len(max_abs) == len(mean) == len(scale), "needs arrays of one length")
-    _check(bool(np.all(max_abs >= 0) and np.all(scale > 0)), "needs max_abs >= 0 and scale > 0")
-    pipe = make_pipeline(MaxAbsScaler(), StandardScaler())
-    n = len(mean)
-    first, second = pipe[0], pipe[-1]
-    first.max_abs_, first.scale_ = max_abs, np.where(max_abs == 0, 1.0, max_abs)
-    second.mean_, second.scale_, second.var_ = mean, scale, scale**2
-    for step in (first, second):
-        step.n_features_in_, step.n_samples_seen_ = n, 1
-    return pipe
-
-
-def _encode_plain(value):
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    return _encode(value)
-
-
-# kind -> (encode: fitted value -> JSON value, decode: JSON value -> checked fitted value).
-# A decoder reads an untrusted file: it raises ValueError with what is wrong.
-_KINDS = {
-    "count": (_encode_plain, _int_attr(0)),
-    "positive": (_encode_plain, _int_attr(1)),
-    "str": (_encode_plain, _str_attr),
-    "optional_str": (_encode_plain, _opt_str_attr),
-    "bool": (_encode_plain, _bool_attr),
-    "names": (_encode_plain, _names_attr),
-    "history": (_encode_plain, _history_attr),
-    "cache_key": (_encode_plain, _key_attr),
-    "input_spec": (lambda spec: _encode(spec.to_dict()), InputSpec.from_dict),
-    "labels": (_encode_classes, _decode_classes),
-    "target_scaler": (_encode_target_scaler, _decode_target_scaler),
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,49 +117,8 @@ def save(estimator, path):
             f"save() stores {sorted(_ESTIMATORS)} estimators, got {type(estimator).__name__}. "
             "Use pickle or joblib (trusted files only) for other objects."
         )
-    params = {}
-    for key, value in estimator.get_params(deep=False).items():
-        try:
-            params[key] = _encode(value)
-        except _Unrepresentable as exc:
-            inner = exc.args[0]
-            hint = ""
-            if key == "backbone":
-                hint = (
-                    " Register the factory with sktransfer.register_backbone(name, factory) "
-                    "and pass backbone=name; the same registration must run before load()."
-                )
-            raise ValueError(
-                f"Cannot save {name}: the hyperparameter {key}={value!r} holds a "
-                f"{type(inner).__name__} ({inner!r}), which the safe format cannot represent; "
-                "it stores strings, finite numbers, booleans, None, paths, and lists, tuples "
-                f"and dicts of those.{hint} Set {key} to a plain value before saving, or use "
-                "pickle/joblib (trusted files only)."
-            ) from None
-    if not is_buildable_backbone(estimator.backbone):
-        raise ValueError(
-            f"Cannot save {name} with backbone={estimator.backbone!r}: it is not a registered, "
-            "torchvision or 'timm:' backbone name, so load() could not rebuild it."
-        )
-
-    fitted = None
-    state = None
-    if hasattr(estimator, "module_"):
-        fitted = {}
-        for attr, kind in type(estimator)._persisted.items():
-            value = getattr(estimator, attr)
-            try:
-                fitted[attr] = _KINDS[kind][0](value)
-            except _Unrepresentable:
-                raise ValueError(
-                    f"Cannot save the fitted attribute {attr}={value!r}: it holds a value the "
-                    "safe format cannot represent."
-                ) from None
-        state = {
-            k: v.detach().to("cpu").contiguous().clone()
-            for k, v in estimator.module_.state_dict().items()
-        }
-
+    params = _encode_params(estimator)
+    fitted, state = _encode_fitted(estimator) if hasattr(estimator, "module_") else (None, None)
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{str(folder)!r} exists and is not a folder; save() writes a folder.")
@@ -437,6 +147,54 @@ def save(estimator, path):
     text = json.dumps(config, indent=2, allow_nan=False) + "\n"
     _write_atomic(folder / CONFIG_NAME, text.encode("utf-8"))
     return folder
+
+
+def _encode_params(estimator):
+    name = type(estimator).__name__
+    params = {}
+    for key, value in estimator.get_params(deep=False).items():
+        try:
+            params[key] = encode(value)
+        except Unrepresentable as exc:
+            inner = exc.args[0]
+            hint = ""
+            if key == "backbone":
+                hint = (
+                    " Register the factory with sktransfer.register_backbone(name, factory) "
+                    "and pass backbone=name; the same registration must run before load()."
+                )
+            raise ValueError(
+                f"Cannot save {name}: the hyperparameter {key}={value!r} holds a "
+                f"{type(inner).__name__} ({inner!r}), which the safe format cannot represent; "
+                "it stores strings, finite numbers, booleans, None, paths, and lists, tuples "
+                f"and dicts of those.{hint} Set {key} to a plain value before saving, or use "
+                "pickle/joblib (trusted files only)."
+            ) from None
+    if not is_buildable_backbone(estimator.backbone):
+        raise ValueError(
+            f"Cannot save {name} with backbone={estimator.backbone!r}: it is not a registered, "
+            "torchvision or 'timm:' backbone name, so load() could not rebuild it."
+        )
+    return params
+
+
+def _encode_fitted(estimator):
+    """The declared fitted attributes as JSON values, and the network's state dict."""
+    fitted = {}
+    for attr, kind in type(estimator)._persisted.items():
+        value = getattr(estimator, attr, None)  # feature_names_in_ may be absent
+        try:
+            fitted[attr] = KINDS[kind][0](value)
+        except Unrepresentable:
+            raise ValueError(
+                f"Cannot save the fitted attribute {attr}={value!r}: it holds a value the "
+                "safe format cannot represent."
+            ) from None
+    state = {
+        k: v.detach().to("cpu").contiguous().clone()
+        for k, v in estimator.module_.state_dict().items()
+    }
+    return fitted, state
 
 
 def _versions(own):
@@ -531,7 +289,7 @@ def load(path, *, device=None):
             f"{FORMAT_NAME!r} expected)."
         )
     version = config.get("format_version")
-    if not _is_int(version, 1) or version > FORMAT_VERSION:
+    if not is_int(version, 1) or version > FORMAT_VERSION:
         raise ValueError(
             f"{str(config_path)!r} has format_version {version!r}; this sktransfer reads "
             f"versions 1..{FORMAT_VERSION}. Upgrade sktransfer to load it."
@@ -557,17 +315,49 @@ def _load_checked(folder, config, device):
             "loaded."
         )
     cls = _ESTIMATORS[name]
-    raw_params = config.get("params")
+    est = _read_params(cls, config.get("params"))
+    fitted = config.get("fitted")
+    if fitted is None:
+        return est
+    attrs = _read_fitted(cls, fitted)  # 2. fitted attributes, each checked
+    state = _read_weights(folder, config.get("weights"))  # 3. size and hash, then parse
+    # 4. the device, then the architecture (weights=None: nothing downloaded), strictly
+    target = attrs["device_"] if device is None else device
+    if target == "auto":
+        target = resolve_device("auto")
+    try:
+        target = str(torch.device(target))
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={target!r} is not a device torch understands ({exc}).") from None
+    for attr, value in attrs.items():
+        if value is not None or cls._persisted[attr] != "feature_names":
+            setattr(est, attr, value)
+    try:
+        module = est._restore_module(state, device=target)
+        if hasattr(est, "net_") and module.head.in_features != est.n_features_out_:
+            raise ValueError(
+                f"n_features_out_={est.n_features_out_} does not match the network's "
+                f"{module.head.in_features} features."
+            )
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
+        raise ValueError(
+            f"Could not rebuild the model saved in {str(folder)!r}: {exc}"
+        ) from None
+    return est
+
+
+def _read_params(cls, raw_params):
+    """The estimator, from checked hyperparameters (its backbone checked before anything is
+    built)."""
     if not isinstance(raw_params, dict):
         raise _ConfigError("'params' must be an object")
     try:
-        params = {k: _decode(v) for k, v in raw_params.items()}
+        params = {k: decode(v) for k, v in raw_params.items()}
     except (ValueError, TypeError) as exc:
         raise _ConfigError(f"bad hyperparameter value ({exc})") from None
-    valid = set(cls().get_params(deep=False))
-    unknown = sorted(set(params) - valid)
+    unknown = sorted(set(params) - set(cls().get_params(deep=False)))
     if unknown:
-        raise _ConfigError(f"unknown hyperparameters {unknown} for {name}")
+        raise _ConfigError(f"unknown hyperparameters {unknown} for {cls.__name__}")
     backbone = params.get("backbone", cls().backbone)
     if not is_buildable_backbone(backbone):
         raise ValueError(
@@ -580,37 +370,37 @@ def _load_checked(folder, config, device):
         est._validate_params()
     except ValueError as exc:
         raise _ConfigError(f"invalid hyperparameters: {exc}") from None
+    return est
 
-    fitted = config.get("fitted")
-    if fitted is None:
-        return est
+
+def _read_fitted(cls, fitted):
     if not isinstance(fitted, dict):
         raise _ConfigError("'fitted' must be an object or null")
-
-    # 2. fitted attributes, each checked
-    attrs = {}
     schema = cls._persisted
     if set(fitted) != set(schema):
         raise _ConfigError(
-            f"fitted attributes {sorted(fitted)} differ from those of {name}: "
+            f"fitted attributes {sorted(fitted)} differ from those of {cls.__name__}: "
             f"missing {sorted(set(schema) - set(fitted))}, "
             f"unexpected {sorted(set(fitted) - set(schema))}"
         )
+    attrs = {}
     for attr, kind in schema.items():
         try:
-            attrs[attr] = _KINDS[kind][1](_decode(fitted[attr]))
+            attrs[attr] = KINDS[kind][1](decode(fitted[attr]))
         except (ValueError, TypeError) as exc:
             raise _ConfigError(f"fitted attribute {attr!r} {exc}") from None
     try:
         cls._check_persisted(attrs)
     except ValueError as exc:
         raise _ConfigError(str(exc)) from None
+    return attrs
 
-    # 3. the weights: size and hash of the exact bytes that are then parsed
-    info = config.get("weights")
+
+def _read_weights(folder, info):
+    """The state dict, after checking the file's size and SHA-256 against the config."""
     if not (
         isinstance(info, dict)
-        and _is_int(info.get("bytes"), 0)
+        and is_int(info.get("bytes"), 0)
         and isinstance(info.get("sha256"), str)
     ):
         raise _ConfigError("'weights' must record the weights file's bytes and sha256")
@@ -635,32 +425,9 @@ def _load_checked(folder, config, device):
     from safetensors.torch import load as load_tensors
 
     try:
-        state = load_tensors(blob)
+        return load_tensors(blob)
     except (SafetensorError, ValueError, RuntimeError, OverflowError) as exc:
         raise ValueError(
             f"The weights file {str(weights_path)!r} is not a readable safetensors file "
             f"({exc}): it is truncated or corrupt."
         ) from None
-
-    # 4. the device, then the architecture (weights=None: nothing downloaded), strictly
-    target = attrs["device_"] if device is None else device
-    if target == "auto":
-        target = resolve_device("auto")
-    try:
-        target = str(torch.device(target))
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={target!r} is not a device torch understands ({exc}).") from None
-    for attr, value in attrs.items():
-        setattr(est, attr, value)
-    try:
-        module = est._restore_module(state, device=target)
-        if hasattr(est, "net_") and module.head.in_features != est.n_features_out_:
-            raise ValueError(
-                f"n_features_out_={est.n_features_out_} does not match the network's "
-                f"{module.head.in_features} features."
-            )
-    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
-        raise ValueError(
-            f"Could not rebuild the model saved in {str(folder)!r}: {exc}"
-        ) from None
-    return est

@@ -2,6 +2,7 @@
 
 import pickle
 import random
+import warnings
 
 import joblib
 import numpy as np
@@ -13,7 +14,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from sktransfer import TransferClassifier, TransferRegressor, get_backbone
+from sktransfer import TransferClassifier, TransferFeatures, TransferRegressor, get_backbone
 from sktransfer._compat import InvalidParameterError
 
 
@@ -341,3 +342,113 @@ def test_pretrained_fit_does_not_depend_on_what_the_process_built_before(tmp_pat
     finally:
         B._REGISTRY.pop("_seeded_cnn", None)
         B._BUILT.clear()
+
+
+# -- scikit-learn hygiene -----------------------------------------------------------------------
+
+ESTIMATORS = {
+    "classifier": lambda: TransferClassifier("test_mlp", weights=None, max_epochs=1,
+                                             random_state=0),
+    "regressor": lambda: TransferRegressor("test_mlp", weights=None, max_epochs=1,
+                                           random_state=0),
+    "features": lambda: TransferFeatures("test_mlp", weights=None),
+}
+
+
+def _fit(est, X, y):
+    if isinstance(est, TransferFeatures):
+        return est.fit(X)
+    return est.fit(X, y.astype(float) if isinstance(est, TransferRegressor) else y)
+
+
+ESTIMATOR_FITS = {kind: (lambda X, y, make=make: _fit(make(), X, y))
+                  for kind, make in ESTIMATORS.items()}
+
+
+@pytest.mark.parametrize("kind", sorted(ESTIMATOR_FITS))
+def test_fit_writes_only_attributes_ending_in_underscore(kind, tiny_vectors):
+    X, y = tiny_vectors
+    est = ESTIMATOR_FITS[kind](X, y)
+    params = set(est.get_params(deep=False))
+    written = set(vars(est)) - params
+    assert written and all(name.endswith("_") for name in written), sorted(written)
+    # the safe format stores exactly the declared fitted state (the network is the weights)
+    assert written - {"net_", "module_"} == set(type(est)._persisted) - {"feature_names_in_"}
+
+
+@pytest.mark.parametrize("kind", sorted(ESTIMATOR_FITS))
+def test_feature_names_in_is_set_from_a_dataframe_and_checked_in_predict(kind, tiny_vectors):
+    pd = pytest.importorskip("pandas")
+    X, y = tiny_vectors
+    columns = [f"f{i}" for i in range(X.shape[1])]
+    est = ESTIMATOR_FITS[kind](pd.DataFrame(X, columns=columns), y)
+    assert est.feature_names_in_.tolist() == columns
+    renamed = pd.DataFrame(X, columns=[f"g{i}" for i in range(X.shape[1])])
+    method = est.transform if kind == "features" else est.predict
+    with pytest.raises(ValueError, match="feature names should match"):
+        method(renamed)
+    with pytest.warns(UserWarning, match="fitted with feature names"):
+        method(X)
+    _fit(est, X, y)  # refitted on an array: no names, the old ones go
+    assert not hasattr(est, "feature_names_in_")
+
+
+def test_feature_names_survive_the_safe_format(tiny_vectors, tmp_path):
+    pd = pytest.importorskip("pandas")
+    import sktransfer
+
+    X, y = tiny_vectors
+    df = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
+    clf = ESTIMATOR_FITS["classifier"](df, y)
+    loaded = sktransfer.load(sktransfer.save(clf, tmp_path / "m"))
+    assert loaded.feature_names_in_.tolist() == clf.feature_names_in_.tolist()
+    plain = sktransfer.load(sktransfer.save(ESTIMATOR_FITS["classifier"](X, y), tmp_path / "p"))
+    assert not hasattr(plain, "feature_names_in_")
+
+
+def test_float_images_above_one_warn_with_the_fix(tiny_images):
+    from sktransfer._data import FloatScaleWarning
+
+    X, y = tiny_images  # floats in [0, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FloatScaleWarning)
+        clf = _clf(max_epochs=1).fit(X, y)
+        clf.predict(X)
+    with pytest.warns(FloatScaleWarning, match=r"values up to 2\d\d.*X / 255"):
+        _clf(max_epochs=1).fit(X * 255.0, y)
+    with pytest.warns(FloatScaleWarning, match=r"X / 255"):
+        clf.predict(X * 255.0)
+
+
+def _cnn_momentum_0_05():
+    from sktransfer.backbones import _test_cnn
+
+    net = _test_cnn()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 0.05
+    return net
+
+
+def test_batchnorm_checkpoint_keeps_the_checkpoint_momentum(tiny_images):
+    X, y = tiny_images
+    params = dict(weights=None, freeze_depth=-1, max_epochs=1, batch_size=8, random_state=0)
+    kept = TransferClassifier(_cnn_momentum_0_05, batchnorm="checkpoint", **params).fit(X, y)
+    moved = TransferClassifier(_cnn_momentum_0_05, **params).fit(X, y)
+    assert kept.module_.stages.block2[1].momentum == 0.05
+    assert moved.module_.stages.block2[1].momentum == 0.1
+    assert kept.module_.stages.stem[1].momentum == moved.module_.stages.stem[1].momentum == 0.05
+
+
+@pytest.mark.parametrize("value", ["frozen", -0.1, 1.5, None])
+def test_batchnorm_is_validated(value, tiny_images):
+    X, y = tiny_images
+    with pytest.raises(InvalidParameterError, match="batchnorm"):
+        _clf(batchnorm=value).fit(X, y)
+
+
+@pytest.mark.parametrize("value", [1, None, 0.5])
+def test_cache_is_validated(value, tiny_images):
+    X, y = tiny_images
+    with pytest.raises(InvalidParameterError, match="cache"):
+        _clf(cache=value).fit(X, y)

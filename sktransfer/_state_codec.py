@@ -1,0 +1,275 @@
+"""JSON encoding of hyperparameters and fitted attributes for :mod:`sktransfer.persistence`.
+
+Hyperparameters are plain values (:func:`encode` / :func:`decode`, with tags for tuples, paths
+and dicts whose keys are not plain strings). Fitted attributes are written and checked by the
+*kind* their estimator declares in ``_persisted`` (:data:`KINDS`): each decoder reads an
+untrusted file and raises ``ValueError`` saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import MaxAbsScaler, StandardScaler
+
+from ._spec import InputSpec
+
+__all__ = ["KINDS", "Unrepresentable", "decode", "encode", "is_int"]
+
+
+
+
+class Unrepresentable(Exception):
+    pass
+
+
+def encode(value):
+    """Plain value -> JSON value. Tuples, paths and dicts whose keys are not all plain strings
+    (class_weight's labels) are tagged, so that they come back as they were."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        if not math.isfinite(value):
+            raise Unrepresentable(value)
+        return value
+    if isinstance(value, os.PathLike):
+        path = os.fspath(value)
+        if not isinstance(path, str):
+            raise Unrepresentable(value)
+        return {"__path__": path}
+    if isinstance(value, tuple):
+        return {"__tuple__": [encode(v) for v in value]}
+    if isinstance(value, list):
+        return [encode(v) for v in value]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in value):
+            return {k: encode(v) for k, v in value.items()}
+        return {"__dict__": [[encode(k), encode(v)] for k, v in value.items()]}
+    raise Unrepresentable(value)
+
+
+def decode(value):
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    if isinstance(value, dict):
+        if not any(k.startswith("__") for k in value):
+            return {k: decode(v) for k, v in value.items()}
+        if len(value) != 1:
+            raise ValueError(f"unexpected object {value!r}")
+        (tag, inner), = value.items()
+        if tag == "__tuple__" and isinstance(inner, list):
+            return tuple(decode(v) for v in inner)
+        if tag == "__path__" and isinstance(inner, str):
+            return Path(inner)
+        if tag == "__dict__" and isinstance(inner, list):
+            out = {}
+            for pair in inner:
+                if not (isinstance(pair, list) and len(pair) == 2):
+                    raise ValueError(f"unexpected dict item {pair!r}")
+                key = decode(pair[0])
+                if isinstance(key, (list, dict)):
+                    raise ValueError(f"unhashable dict key {key!r}")
+                out[key] = decode(pair[1])
+            return out
+        raise ValueError(f"unexpected object {value!r}")
+    return value
+
+
+# Fitted attributes: name -> checker(value) returning the value to set (raises ValueError).
+
+
+def is_int(v, lo=None):
+    return isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo)
+
+
+def _check(cond, what):
+    if not cond:
+        raise ValueError(what)
+
+
+def _int_attr(lo=0):
+    def check(v):
+        _check(is_int(v, lo), f"must be an integer >= {lo}")
+        return v
+
+    return check
+
+
+def _str_attr(v):
+    _check(isinstance(v, str), "must be a string")
+    return v
+
+
+def _opt_str_attr(v):
+    _check(v is None or isinstance(v, str), "must be a string or null")
+    return v
+
+
+def _key_attr(v):
+    # a folder name inside ``memory``: hexadecimal only, so it cannot point elsewhere
+    _check(
+        v is None or (isinstance(v, str) and re.fullmatch(r"[0-9a-f]{1,128}", v) is not None),
+        "must be a hexadecimal cache key or null",
+    )
+    return v
+
+
+def _bool_attr(v):
+    _check(isinstance(v, bool), "must be true or false")
+    return v
+
+
+def _names_attr(v):
+    _check(
+        isinstance(v, list) and len(v) > 0 and all(isinstance(s, str) for s in v),
+        "must be a non-empty list of strings",
+    )
+    return v
+
+
+def _history_attr(v):
+    _check(isinstance(v, list), "must be a list")
+    for row in v:
+        _check(
+            isinstance(row, dict)
+            and all(
+                isinstance(k, str) and isinstance(x, (int, float)) and not isinstance(x, bool)
+                for k, x in row.items()
+            ),
+            "must be a list of {name: number} rows",
+        )
+    return v
+
+
+def _float_array_attr(v):
+    _check(
+        isinstance(v, list)
+        and len(v) > 0
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v),
+        "must be a non-empty list of numbers",
+    )
+    return np.asarray(v, dtype=np.float64)
+
+
+_LABEL_KINDS = {"U": str, "i": int, "u": int, "b": bool, "f": float}
+
+
+def _encode_classes(classes):
+    classes = np.asarray(classes)
+    kind = classes.dtype.kind
+    if kind == "O":
+        values = [v.item() if isinstance(v, np.generic) else v for v in classes.tolist()]
+        if not all(isinstance(v, (str, int, float, bool)) for v in values):
+            bad = next(v for v in values if not isinstance(v, (str, int, float, bool)))
+            raise ValueError(
+                f"Cannot save classes_ holding {type(bad).__name__} objects: the safe format "
+                "stores labels that are strings, integers, floats or booleans."
+            )
+        return {"dtype": "object", "values": values}
+    if kind not in _LABEL_KINDS:
+        raise ValueError(
+            f"Cannot save classes_ of dtype {classes.dtype}: the safe format stores labels "
+            "that are strings, integers, floats or booleans."
+        )
+    return {"dtype": classes.dtype.str, "values": [encode(v) for v in classes.tolist()]}
+
+
+def _decode_classes(v):
+    _check(isinstance(v, dict) and set(v) == {"dtype", "values"}, "must be {dtype, values}")
+    values = v["values"]
+    _check(isinstance(values, list) and len(values) >= 2, "must hold at least 2 labels")
+    if v["dtype"] == "object":
+        _check(
+            all(isinstance(x, (str, int, float, bool)) for x in values),
+            "must hold strings, numbers or booleans",
+        )
+        classes = np.empty(len(values), dtype=object)
+        classes[:] = values
+    else:
+        try:
+            dtype = np.dtype(v["dtype"])
+        except TypeError:
+            raise ValueError(f"has an unknown dtype {v['dtype']!r}") from None
+        _check(dtype.kind in _LABEL_KINDS, f"has an unsupported dtype {dtype}")
+        want = _LABEL_KINDS[dtype.kind]
+        ok = (
+            (lambda x: isinstance(x, (int, float)) and not isinstance(x, bool))
+            if want is float
+            else (lambda x: isinstance(x, want) and (want is bool or not isinstance(x, bool)))
+        )
+        _check(all(ok(x) for x in values), f"must hold values of dtype {dtype}")
+        try:
+            classes = np.array(values, dtype=dtype)
+        except (OverflowError, ValueError) as exc:
+            raise ValueError(f"does not fit dtype {dtype} ({exc})") from None
+        _check(classes.tolist() == values, f"does not fit dtype {dtype}")
+    _check(len(set(classes.tolist())) == len(classes), "must hold distinct labels")
+    return classes
+
+
+def _encode_target_scaler(pipe):
+    max_abs, standard = pipe[0], pipe[-1]
+    return {"max_abs": max_abs.max_abs_.tolist(), "mean": standard.mean_.tolist(),
+            "scale": standard.scale_.tolist()}
+
+
+def _decode_target_scaler(v):
+    _check(isinstance(v, dict) and set(v) == {"max_abs", "mean", "scale"},
+           "must be {max_abs, mean, scale}")
+    max_abs, mean, scale = (_float_array_attr(v[k]) for k in ("max_abs", "mean", "scale"))
+    _check(len(max_abs) == len(mean) == len(scale), "needs arrays of one length")
+    _check(bool(np.all(max_abs >= 0) and np.all(scale > 0)), "needs max_abs >= 0 and scale > 0")
+    pipe = make_pipeline(MaxAbsScaler(), StandardScaler())
+    n = len(mean)
+    first, second = pipe[0], pipe[-1]
+    first.max_abs_, first.scale_ = max_abs, np.where(max_abs == 0, 1.0, max_abs)
+    second.mean_, second.scale_, second.var_ = mean, scale, scale**2
+    for step in (first, second):
+        step.n_features_in_, step.n_samples_seen_ = n, 1
+    return pipe
+
+
+def _encode_feature_names(names):
+    return None if names is None else [str(n) for n in names]
+
+
+def _decode_feature_names(v):
+    if v is None:
+        return None
+    _names_attr(v)
+    return np.asarray(v, dtype=object)
+
+
+def _encode_plain(value):
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    return encode(value)
+
+
+# kind -> (encode: fitted value -> JSON value, decode: JSON value -> checked fitted value).
+# A decoder reads an untrusted file: it raises ValueError with what is wrong.
+KINDS = {
+    "count": (_encode_plain, _int_attr(0)),
+    "positive": (_encode_plain, _int_attr(1)),
+    "str": (_encode_plain, _str_attr),
+    "optional_str": (_encode_plain, _opt_str_attr),
+    "bool": (_encode_plain, _bool_attr),
+    "names": (_encode_plain, _names_attr),
+    "history": (_encode_plain, _history_attr),
+    "cache_key": (_encode_plain, _key_attr),
+    "input_spec": (lambda spec: encode(spec.to_dict()), InputSpec.from_dict),
+    "labels": (_encode_classes, _decode_classes),
+    "feature_names": (_encode_feature_names, _decode_feature_names),
+    "target_scaler": (_encode_target_scaler, _decode_target_scaler),
+}
