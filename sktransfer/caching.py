@@ -133,7 +133,7 @@ def clear_cache():
     """Empty the in-process activation cache.
 
     Stored activations are freed and the counters of :func:`cache_info` reset; the options
-    of :func:`set_cache_options` are kept. Folders given as ``memory=`` are not touched.
+    of :func:`set_cache_options` are kept. Folders given as ``cache="folder"`` are not touched.
 
     Examples
     --------
@@ -208,7 +208,7 @@ def prefix_key(*, backbone, backbone_name, weights, spec, k, seed, input_size, g
         "grayscale": grayscale,
         "k": k,
         "torch": torch.__version__,
-        # float16 rows must never be taken for exact ones (a shared ``memory`` folder)
+        # float16 rows must never be taken for exact ones (a shared cache folder)
         "storage": _OPTIONS["dtype"],
     }
     if weights and os.path.isfile(str(weights)):
