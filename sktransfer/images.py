@@ -29,9 +29,11 @@ Decoding rules (applied identically in ``fit`` and ``predict``):
 
 Bad files: ``fit`` decodes every image once before training starts, so that all unreadable
 files (missing, empty, truncated, corrupt, not an image) are reported together in one
-``ValueError`` listing their paths; with ``on_bad_image="skip"`` they are dropped with a
-warning instead. Pillow's ``DecompressionBombError`` is never caught, and no global Pillow
-setting (``Image.MAX_IMAGE_PIXELS``, ``ImageFile.LOAD_TRUNCATED_IMAGES``) is ever changed.
+``ValueError`` listing their paths. To leave them out instead, drop them where the data is
+loaded: :func:`drop_unreadable` for a list of paths (and its targets), or
+``sktransfer.datasets.load_image_folder(..., on_bad_image="skip")``. Pillow's
+``DecompressionBombError`` is never caught, and no global Pillow setting
+(``Image.MAX_IMAGE_PIXELS``, ``ImageFile.LOAD_TRUNCATED_IMAGES``) is ever changed.
 """
 
 from __future__ import annotations
@@ -48,20 +50,26 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ._data import InputSpec
 
-__all__ = ["BadImageError", "decode_image", "is_image_list", "load_images"]
+__all__ = ["BadImageError", "decode_image", "drop_unreadable", "is_image_list", "load_images"]
 
 # Never swallowed: a decompression bomb is the user's to see, whatever the error policy.
 _PROPAGATE = (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError)
 
 _MAX_LISTED = 100
 
+# Side at which images are decoded only to check that they can be read: small, so that the
+# check is cheap (large JPEGs are decoded at a reduced scale), through every decoding step.
+_CHECK_SIZE = 32
+
 
 class BadImageError(ValueError):
     """Some images could not be read; ``paths`` names every one of them.
 
-    A subclass of :class:`ValueError`. Estimators raise it in ``fit`` and ``predict`` with
-    ``on_bad_image="raise"`` (the default), after checking every image, so one run lists them
-    all; ``on_bad_image="skip"`` leaves them out of ``fit`` instead.
+    A subclass of :class:`ValueError`. Estimators raise it in ``fit`` and ``predict`` after
+    checking every image, so one run lists them all; ``reasons`` says, in the same order, why
+    each could not be read. :func:`drop_unreadable` and
+    ``sktransfer.datasets.load_image_folder(..., on_bad_image="skip")`` leave such files out
+    instead.
 
     Examples
     --------
@@ -77,13 +85,29 @@ class BadImageError(ValueError):
     >>> try:
     ...     load_images([good, bad], 8)
     ... except BadImageError as exc:
-    ...     print([os.path.basename(p) for p in exc.paths])
-    ['bad.png']
+    ...     print([os.path.basename(p) for p in exc.paths], exc.reasons)
+    ['bad.png'] ['not an image file Pillow can read']
     """
 
-    def __init__(self, message, paths=()):
+    def __init__(self, message, paths=(), reasons=()):
         super().__init__(message)
         self.paths = list(paths)
+        self.reasons = list(reasons)
+
+
+def bad_images_error(names, reasons, n_images, remedy):
+    """The :class:`BadImageError` that lists ``names`` (with their ``reasons``) among
+    ``n_images`` images, and says what to do (``remedy``)."""
+    lines = [f"  {name}: {reason}" for name, reason in zip(names[:_MAX_LISTED], reasons)]
+    if len(names) > _MAX_LISTED:
+        lines.append(
+            f"  ... and {len(names) - _MAX_LISTED} more (listed in the error's .paths)"
+        )
+    return BadImageError(
+        f"{len(names)} of {n_images} images could not be read. {remedy}:\n" + "\n".join(lines),
+        paths=names,
+        reasons=reasons,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,22 +204,13 @@ def _to_rgb(img):
     return img.convert("RGB")
 
 
-def _fit_square(img, size):
-    """Shorter side to ``size``, centre crop of the longer one, in one resampling."""
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) / 2.0, (h - side) / 2.0
-    return img.resize(
-        (size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side)
-    )
-
-
 def _decode_pil(img, size, *, own):
     """A PIL image -> ``(size, size, 3)`` uint8 array. ``own``: the image is ours to mutate."""
     if own and img.format == "JPEG":
         img.draft(None, (size, size))  # DCT scaling: a decode-time reduction, never below size
     img = ImageOps.exif_transpose(img)
-    img = _fit_square(_to_rgb(img), size)
+    # shorter side to size, centre crop of the longer one, in one bilinear resampling
+    img = ImageOps.fit(_to_rgb(img), (size, size), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
 
 
@@ -405,17 +420,12 @@ class ImageSource:
                 bad.append((i, reason))
         return bad
 
-    def _bad_images_error(self, bad, *, fitting=False):
-        lines = [f"  {_name(self.items, i)}: {reason}" for i, reason in bad[:_MAX_LISTED]]
-        if len(bad) > _MAX_LISTED:
-            lines.append(f"  ... and {len(bad) - _MAX_LISTED} more (listed in the error's .paths)")
-        remedy = "Fix or remove them"
+    def _bad_images_error(self, bad, *, fitting=False, remedy="Fix or remove them"):
         if fitting:
             remedy += ", or pass on_bad_image='skip' to train without them"
-        return BadImageError(
-            f"{len(bad)} of {len(self.items)} images could not be read. {remedy}:\n"
-            + "\n".join(lines),
-            paths=[_name(self.items, i) for i, _ in bad],
+        return bad_images_error(
+            [_name(self.items, i) for i, _ in bad], [reason for _, reason in bad],
+            len(self.items), remedy,
         )
 
     def validated(self, on_bad_image="raise"):
@@ -522,3 +532,113 @@ def take_rows(y, kept, n_given):
     if hasattr(y, "iloc"):
         return y.iloc[kept]
     return np.asarray(y)[kept]
+
+
+# ---------------------------------------------------------------------------------------------
+# Leaving unreadable images out, where the data is loaded
+# ---------------------------------------------------------------------------------------------
+
+
+def readable_indices(items, on_bad_image="raise", *, option="on_bad_image='skip'",
+                     stacklevel=2):
+    """Indices of the images among ``items`` that can be read (each is decoded once, small).
+
+    With ``on_bad_image="raise"`` one :class:`BadImageError` lists every unreadable image and
+    names ``option`` as the way to leave them out; with ``"skip"`` they are left out with a
+    warning naming them, which ``stacklevel`` points at the caller's caller. When no image
+    can be read, :class:`BadImageError` either way.
+    """
+    bad = ImageSource(items, _CHECK_SIZE)._scan()
+    if not bad:
+        return np.arange(len(items))
+    names = [_name(items, i) for i, _ in bad]
+    reasons = [reason for _, reason in bad]
+    if on_bad_image != "skip":
+        remedy = f"Fix or remove them, or pass {option} to leave them out"
+        raise bad_images_error(names, reasons, len(items), remedy)
+    if len(bad) == len(items):
+        raise bad_images_error(names, reasons, len(items), "No image is left: fix them")
+    listed = ", ".join(f"{name} ({reason})" for name, reason in zip(names, reasons))
+    warnings.warn(
+        f"Skipped {len(bad)} of {len(items)} images that could not be read: {listed}",
+        UserWarning,
+        stacklevel=stacklevel + 1,
+    )
+    skipped = {i for i, _ in bad}
+    return np.array([i for i in range(len(items)) if i not in skipped], dtype=np.int64)
+
+
+def _take(X, indices):
+    if isinstance(X, (list, tuple)):
+        return [X[i] for i in indices]
+    if hasattr(X, "iloc"):
+        return X.iloc[indices]
+    return np.asarray(X)[indices]
+
+
+def drop_unreadable(X, y=None):
+    """Leave out the images that cannot be read, and their targets, with a warning.
+
+    Estimators refuse unreadable files: ``fit`` raises one :class:`BadImageError` listing
+    them all before training starts. Where leaving them out is what you want, do it here,
+    before ``fit``, so that the samples and the targets an estimator sees are the ones you
+    pass it. Each image is decoded once (at a small size, which is cheap).
+
+    Parameters
+    ----------
+    X : list, tuple, 1-D array or Series of str, path-like or PIL.Image.Image
+        The images.
+    y : array-like of shape (n_samples,) or (n_samples, n_outputs), default=None
+        Targets, left out along with their images.
+
+    Returns
+    -------
+    X_kept : list, ndarray or Series
+        The readable images in their order, of the kind of ``X`` (a list for a tuple).
+    y_kept : list, ndarray or Series
+        Their targets, of the kind of ``y``; only returned when ``y`` is given.
+
+    Raises
+    ------
+    BadImageError
+        When no image can be read.
+
+    Warns
+    -----
+    UserWarning
+        Naming every image left out and why it could not be read.
+
+    See Also
+    --------
+    sktransfer.datasets.load_image_folder : Lists a folder of images;
+        ``on_bad_image="skip"`` drops the unreadable ones there.
+
+    Examples
+    --------
+    >>> import os, tempfile, warnings
+    >>> from PIL import Image
+    >>> from sktransfer.images import drop_unreadable
+    >>> folder = tempfile.mkdtemp()
+    >>> good = os.path.join(folder, "good.png")
+    >>> Image.new("RGB", (8, 8)).save(good)
+    >>> empty = os.path.join(folder, "empty.png")
+    >>> open(empty, "wb").close()
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     X, y = drop_unreadable([good, empty], ["cat", "dog"])
+    >>> [os.path.basename(path) for path in X], y
+    (['good.png'], ['cat'])
+    >>> print(str(caught[0].message).replace(folder + os.sep, ""))
+    Skipped 1 of 2 images that could not be read: empty.png (empty file)
+    """
+    items = _as_list(X)
+    if not items or not all(_is_item(item) for item in items):
+        raise ValueError("X must be a non-empty list of paths or PIL images.")
+    if y is not None and len(y) != len(items):
+        raise ValueError(
+            f"Found input variables with inconsistent numbers of samples: "
+            f"[{len(items)}, {len(y)}]"
+        )
+    kept = readable_indices(items, "skip")
+    X_kept = _take(X, kept)
+    return X_kept if y is None else (X_kept, _take(y, kept))
