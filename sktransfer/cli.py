@@ -95,7 +95,7 @@ def load_model(path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Argument types
+# The parser
 # ---------------------------------------------------------------------------------------------
 
 
@@ -124,11 +124,6 @@ class _UsageError(ValueError):
     """An option value the command refuses (exit status 2)."""
 
 
-# ---------------------------------------------------------------------------------------------
-# The parser
-# ---------------------------------------------------------------------------------------------
-
-
 def build_parser():
     """The :class:`argparse.ArgumentParser` of the ``sktransfer`` command."""
     from . import __version__
@@ -145,9 +140,12 @@ def build_parser():
     )
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     sub.required = True
-    fmt = _DefaultsFormatter
+    for add in (_add_fit, _add_predict, _add_evaluate, _add_backbones):
+        add(sub)
+    return parser
 
-    # -- fit ------------------------------------------------------------------------------------
+
+def _add_fit(sub):
     fit = sub.add_parser(
         "fit",
         help="fine-tune a backbone on DATA_DIR and save the model",
@@ -155,7 +153,7 @@ def build_parser():
         "share of the images (--test-size) is held out; the accuracy on it is printed. "
         "Every image is read once before training starts, so that all unreadable files are "
         "reported together. Progress and the epoch table go to the terminal.",
-        formatter_class=fmt,
+        formatter_class=_DefaultsFormatter,
     )
     fit.add_argument("data_dir", metavar="DATA_DIR", help="folder with one sub-folder per class")
     fit.add_argument(
@@ -206,14 +204,15 @@ def build_parser():
     )
     fit.set_defaults(handler=_cmd_fit)
 
-    # -- predict --------------------------------------------------------------------------------
+
+def _add_predict(sub):
     predict = sub.add_parser(
         "predict",
         help="predict the classes of image files with a saved model (CSV output)",
         description="Predict with a saved model. Writes CSV rows 'path,label,probability' "
         "(the most probable class and its probability; 'path,prediction' for a regressor) to "
         "stdout or to --output.",
-        formatter_class=fmt,
+        formatter_class=_DefaultsFormatter,
     )
     predict.add_argument("model", metavar="MODEL", help="a model saved by 'sktransfer fit'")
     predict.add_argument(
@@ -224,14 +223,15 @@ def build_parser():
     _add_common(predict)
     predict.set_defaults(handler=_cmd_predict)
 
-    # -- evaluate -------------------------------------------------------------------------------
+
+def _add_evaluate(sub):
     evaluate = sub.add_parser(
         "evaluate",
         help="accuracy, classification report and confusion matrix on a labelled folder",
         description="Evaluate a saved classifier on DATA_DIR/<class>/<image>: prints the "
         "accuracy and scikit-learn's classification report, and with --plot writes the "
         "confusion matrix as an image.",
-        formatter_class=fmt,
+        formatter_class=_DefaultsFormatter,
     )
     evaluate.add_argument("model", metavar="MODEL", help="a model saved by 'sktransfer fit'")
     evaluate.add_argument(
@@ -243,14 +243,15 @@ def build_parser():
     _add_common(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
 
-    # -- backbones ------------------------------------------------------------------------------
+
+def _add_backbones(sub):
     backbones = sub.add_parser(
         "backbones",
         help="list the backbones and whether their pretrained weights are available offline",
         description="List the backbone names accepted by --backbone, whether their default "
         "pretrained weights are on this machine (nothing is downloaded), and a description. "
         "timm models ('timm:<name>') are not listed.",
-        formatter_class=fmt,
+        formatter_class=_DefaultsFormatter,
     )
     backbones.add_argument(
         "--stages", metavar="NAME",
@@ -261,7 +262,6 @@ def build_parser():
         help="which backbones to list",
     )
     backbones.set_defaults(handler=_cmd_backbones)
-    return parser
 
 
 def _add_common(parser):
