@@ -89,8 +89,7 @@ for ax, path, label in zip(axes, shown, predicted):
 # Unreadable files
 # ----------------
 # ``fit`` reads every file once before training, and reports every file it cannot read in one
-# error, instead of failing in the middle of an epoch. ``on_bad_image="skip"`` leaves them out
-# with a warning instead.
+# error, instead of failing in the middle of an epoch.
 broken = root / "brick" / "broken.png"
 broken.write_bytes(b"not an image")
 paths, labels = load_image_folder(root)
@@ -98,3 +97,16 @@ try:
     clf.fit(paths, labels)
 except ValueError as exc:
     print(f"ValueError: {exc}")
+
+# %%
+# To train without them, leave them out where the data is loaded, so that the samples and
+# labels the estimator sees are the ones you pass it: ``on_bad_image="skip"`` drops them, with
+# a warning naming each (:func:`~sktransfer.images.drop_unreadable` does the same for a list of
+# paths you hold).
+import warnings
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    paths, labels = load_image_folder(root, on_bad_image="skip")
+print(*(str(w.message) for w in caught), sep="\n")
+print(f"{len(paths)} images left")

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._weights import load_weights_file
+
 __all__ = [
     "EfficientNetLite0",
     "efficientnet_lite0",
@@ -289,20 +291,6 @@ def lite0_weights_path():
     return path
 
 
-def _load_state_dict_file(path):
-    path = os.fspath(path)
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path, device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path!r} does not hold a state dict (got {type(state).__name__}).")
-    return state
-
-
 def efficientnet_lite0(weights=None, **kwargs):
     """Build an :class:`EfficientNetLite0`, optionally with weights.
 
@@ -340,7 +328,7 @@ def efficientnet_lite0(weights=None, **kwargs):
             f"weights must be None, 'imagenet' or the path of a .pth/.safetensors file; "
             f"got {weights!r}."
         )
-    state = _load_state_dict_file(path)
+    state = load_weights_file(path)
     fc_mismatch = "_fc.weight" in state and (
         tuple(state["_fc.weight"].shape) != tuple(model._fc.weight.shape)
     )

@@ -6,7 +6,8 @@ with a list of arguments; it returns the exit status instead of exiting.
 
 Exit status: 0 on success, 1 on errors (unreadable images, a missing folder, an unknown
 backbone...: ``error: <message>`` on stderr, no traceback unless ``--traceback``), 2 on usage
-errors (from :mod:`argparse`).
+errors: those :mod:`argparse` finds, and option values the estimator's own parameter
+validation refuses (``sktransfer: error: <message>``, before any data or weights are read).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def load_model(path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Argument types
+# The parser
 # ---------------------------------------------------------------------------------------------
 
 
@@ -107,51 +108,20 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _freeze_depth(text):
-    if text == "all":
-        return text
+def _int_or_text(text):
+    """An integer where the text is one, else the text ("all" for --freeze-depth)."""
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an integer or 'all', got {text!r}"
-        ) from None
+        return text
 
 
 def _weights(text):
     return None if text.lower() in ("none", "random") else text
 
 
-def _fraction(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {value}")
-    return value
-
-
-def _int_at_least(low):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
-
-
-# ---------------------------------------------------------------------------------------------
-# The parser
-# ---------------------------------------------------------------------------------------------
+class _UsageError(ValueError):
+    """An option value the command refuses (exit status 2)."""
 
 
 def build_parser():
@@ -170,9 +140,12 @@ def build_parser():
     )
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     sub.required = True
-    fmt = _DefaultsFormatter
+    for add in (_add_fit, _add_predict, _add_evaluate, _add_backbones):
+        add(sub)
+    return parser
 
-    # -- fit ------------------------------------------------------------------------------------
+
+def _add_fit(sub):
     fit = sub.add_parser(
         "fit",
         help="fine-tune a backbone on DATA_DIR and save the model",
@@ -180,7 +153,7 @@ def build_parser():
         "share of the images (--test-size) is held out; the accuracy on it is printed. "
         "Every image is read once before training starts, so that all unreadable files are "
         "reported together. Progress and the epoch table go to the terminal.",
-        formatter_class=fmt,
+        formatter_class=_DefaultsFormatter,
     )
     fit.add_argument("data_dir", metavar="DATA_DIR", help="folder with one sub-folder per class")
     fit.add_argument(
@@ -197,21 +170,21 @@ def build_parser():
         "random initialisation",
     )
     fit.add_argument(
-        "--freeze-depth", type=_freeze_depth, default=-1,
+        "--freeze-depth", type=_int_or_text, default=-1,
         help="k >= 0 freezes the first k stages, -k trains the last k, 'all' trains the new "
         "head only",
     )
     fit.add_argument("--lr", type=float, default=0.01, help="learning rate")
     fit.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    fit.add_argument("--epochs", type=_positive_int, default=5, help="passes over the data")
-    fit.add_argument("--batch-size", type=_positive_int, default=32, help="images per step")
+    fit.add_argument("--epochs", type=int, default=5, help="passes over the data")
+    fit.add_argument("--batch-size", type=int, default=32, help="images per step")
     fit.add_argument(
-        "--input-size", type=_positive_int, default=None,
+        "--input-size", type=int, default=None,
         help="side in pixels images are resized and centre-cropped to (default: the "
         "backbone's native size)",
     )
     fit.add_argument(
-        "--test-size", type=_fraction, default=0.2,
+        "--test-size", type=float, default=0.2,
         help="share of the images held out (stratified) to measure accuracy; 0 trains on all",
     )
     fit.add_argument(
@@ -231,14 +204,15 @@ def build_parser():
     )
     fit.set_defaults(handler=_cmd_fit)
 
-    # -- predict --------------------------------------------------------------------------------
+
+def _add_predict(sub):
     predict = sub.add_parser(
         "predict",
         help="predict the classes of image files with a saved model (CSV output)",
         description="Predict with a saved model. Writes CSV rows 'path,label,probability' "
         "(the most probable class and its probability; 'path,prediction' for a regressor) to "
         "stdout or to --output.",
-        formatter_class=fmt,
+        formatter_class=_DefaultsFormatter,
     )
     predict.add_argument("model", metavar="MODEL", help="a model saved by 'sktransfer fit'")
     predict.add_argument(
@@ -249,14 +223,15 @@ def build_parser():
     _add_common(predict)
     predict.set_defaults(handler=_cmd_predict)
 
-    # -- evaluate -------------------------------------------------------------------------------
+
+def _add_evaluate(sub):
     evaluate = sub.add_parser(
         "evaluate",
         help="accuracy, classification report and confusion matrix on a labelled folder",
         description="Evaluate a saved classifier on DATA_DIR/<class>/<image>: prints the "
         "accuracy and scikit-learn's classification report, and with --plot writes the "
         "confusion matrix as an image.",
-        formatter_class=fmt,
+        formatter_class=_DefaultsFormatter,
     )
     evaluate.add_argument("model", metavar="MODEL", help="a model saved by 'sktransfer fit'")
     evaluate.add_argument(
@@ -268,14 +243,15 @@ def build_parser():
     _add_common(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
 
-    # -- backbones ------------------------------------------------------------------------------
+
+def _add_backbones(sub):
     backbones = sub.add_parser(
         "backbones",
         help="list the backbones and whether their pretrained weights are available offline",
         description="List the backbone names accepted by --backbone, whether their default "
         "pretrained weights are on this machine (nothing is downloaded), and a description. "
         "timm models ('timm:<name>') are not listed.",
-        formatter_class=fmt,
+        formatter_class=_DefaultsFormatter,
     )
     backbones.add_argument(
         "--stages", metavar="NAME",
@@ -286,7 +262,6 @@ def build_parser():
         help="which backbones to list",
     )
     backbones.set_defaults(handler=_cmd_backbones)
-    return parser
 
 
 def _add_common(parser):
@@ -296,7 +271,7 @@ def _add_common(parser):
         "with a warning",
     )
     parser.add_argument(
-        "--num-workers", type=_non_negative_int, default=0,
+        "--num-workers", type=int, default=0,
         help="worker processes decoding images (0: the main process)",
     )
 
@@ -306,27 +281,47 @@ def _add_common(parser):
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_backbone(name):
+def _decode_size(backbone, input_size):
+    """The side images are decoded to: --input-size, else the backbone's native size. An
+    unknown backbone name raises the error that names close matches."""
     from .backbones import get_backbone, list_backbones
 
-    if not name.startswith("timm:") and name not in list_backbones():
-        get_backbone(name)  # raises the error naming close matches
+    if input_size is not None:
+        if not backbone.startswith("timm:") and backbone not in list_backbones():
+            get_backbone(backbone)
+        return input_size
+    size = get_backbone(backbone, weights=None).preprocessing.input_size
+    if size is None:
+        raise ValueError(
+            f"Backbone {backbone!r} has no native input size: pass --input-size (e.g. "
+            "--input-size 224)."
+        )
+    return size
 
 
-def _readable(paths, size, policy, *, check=False):
-    """Indices of the readable images among ``paths``.
+def _fit_checked(clf, size, X_train, y_train, X_test):
+    """``clf.fit(X_train, y_train)`` with every image, held-out ones too, checked once before
+    training starts: ``fit``'s own check reads the training images, this function the
+    held-out ones first. One error lists all the unreadable images of both."""
+    from .images import BadImageError, ImageSource, bad_images_error
 
-    With ``check`` (or ``policy="skip"``) every image is decoded once now: unreadable ones
-    raise one error listing them all, or are skipped with a warning.
-    """
-    import numpy as np
-
-    if policy != "skip" and not check:
-        return np.arange(len(paths))
-    from .images import ImageSource
-
-    src = ImageSource(paths, size).validated(policy)
-    return np.arange(len(paths)) if src.kept is None else src.kept
+    errors = []
+    try:
+        if X_test:
+            ImageSource(X_test, size).validated()
+    except BadImageError as exc:
+        errors.append(exc)
+    try:
+        if not errors:
+            return clf.fit(X_train, y_train)
+        ImageSource(X_train, size).validated()  # no training now: only to list them all
+    except BadImageError as exc:
+        errors.insert(0, exc)
+    raise bad_images_error(
+        [p for e in errors for p in e.paths], [r for e in errors for r in e.reasons],
+        len(X_train) + len(X_test),
+        "Fix or remove them, or pass --on-bad-image skip to leave them out",
+    )
 
 
 def _cmd_fit(args, out):
@@ -335,8 +330,6 @@ def _cmd_fit(args, out):
     from .classifier import TransferClassifier
     from .datasets import load_image_folder
 
-    _check_backbone(args.backbone)
-    paths, labels, classes = load_image_folder(args.data_dir, return_classes=True)
     clf = TransferClassifier(
         args.backbone,
         weights=args.weights,
@@ -347,45 +340,30 @@ def _cmd_fit(args, out):
         batch_size=args.batch_size,
         input_size=args.input_size,
         augment=None if args.augment == "none" else args.augment,
-        on_bad_image=args.on_bad_image,
         device=args.device,
         num_workers=args.num_workers,
         random_state=args.random_state,
         verbose=args.verbose,
     )
-    try:
-        size = clf._image_size()
-    except ValueError:
-        raise ValueError(
-            f"Backbone {args.backbone!r} has no native input size: pass --input-size (e.g. "
-            "--input-size 224)."
-        ) from None
-    # every image, held-out ones included, is checked before training starts
-    keep = _readable(paths, size, args.on_bad_image, check=True)
-    paths, labels = [paths[i] for i in keep], labels[keep]
+    clf._validate_params()  # bad option values: exit status 2, before anything is read
+    if not 0 <= args.test_size < 1:
+        raise _UsageError(f"--test-size must be a fraction in [0, 1), got {args.test_size}.")
+    size = _decode_size(args.backbone, args.input_size)
+    skip = args.on_bad_image == "skip"  # then the loader reads every image, held-out ones too
+    paths, labels, classes = load_image_folder(
+        args.data_dir, on_bad_image="skip" if skip else None, return_classes=True
+    )
     counts = {c: int(np.sum(labels == c)) for c in classes}
     print(
         f"{len(paths)} images in {len(classes)} classes: "
         + ", ".join(f"{c} ({n})" for c, n in counts.items()),
         file=out,
     )
-    if args.test_size > 0:
-        from sklearn.model_selection import train_test_split
-
-        try:
-            X_train, X_test, y_train, y_test = train_test_split(
-                paths, labels, test_size=args.test_size, stratify=labels,
-                random_state=args.random_state,
-            )
-        except ValueError as exc:
-            raise ValueError(
-                f"Cannot hold out a stratified test split of {args.test_size} of "
-                f"{len(paths)} images: {exc} Add images, change --test-size, or pass "
-                "--test-size 0."
-            ) from None
+    X_train, X_test, y_train, y_test = _split(paths, labels, args)
+    if skip:
+        clf.fit(X_train, y_train)
     else:
-        X_train, y_train, X_test, y_test = paths, labels, [], labels[:0]
-    clf.fit(X_train, y_train)
+        _fit_checked(clf, size, X_train, y_train, X_test)
     if len(X_test):
         accuracy = clf.score(X_test, y_test)
         print(f"held-out accuracy: {accuracy:.4f} ({len(X_test)} images)", file=out)
@@ -394,54 +372,71 @@ def _cmd_fit(args, out):
     return 0
 
 
-def _image_files(inputs):
-    from .datasets import IMAGE_EXTENSIONS
+def _split(paths, labels, args):
+    """``(X_train, X_test, y_train, y_test)``: a stratified share --test-size held out."""
+    if args.test_size == 0:
+        return paths, [], labels, labels[:0]
+    from sklearn.model_selection import train_test_split
+
+    try:
+        return train_test_split(
+            paths, labels, test_size=args.test_size, stratify=labels,
+            random_state=args.random_state,
+        )
+    except ValueError as exc:
+        raise ValueError(
+            f"Cannot hold out a stratified test split of {args.test_size} of "
+            f"{len(paths)} images: {exc} Add images, change --test-size, or pass "
+            "--test-size 0."
+        ) from None
+
+
+def _image_files(inputs, on_bad_image):
+    """The files named, and the image files of the folders named (recursively, sorted)."""
+    from ._folders import IMAGE_EXTENSIONS, image_files
 
     files = []
     for item in inputs:
         if os.path.isdir(item):
-            found = []
-            for dirpath, dirnames, filenames in os.walk(item, followlinks=True):
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-                found += [
-                    os.path.join(dirpath, f)
-                    for f in filenames
-                    if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
-                ]
+            found = image_files(item)
             if not found:
                 raise ValueError(
                     f"No image files ({' '.join(IMAGE_EXTENSIONS)}) found in folder {item!r}."
                 )
-            files += sorted(found)
+            files += found
         elif os.path.exists(item):
             files.append(item)
         else:
             raise FileNotFoundError(f"No such file or folder: {item!r}.")
+    if on_bad_image == "skip":
+        from .images import drop_unreadable
+
+        files = drop_unreadable(files)
     return files
 
 
-def _prepare(model, args):
+def _load(args):
+    """The saved model, with --num-workers: the estimators' own validation judges the value
+    before the model is read (an InvalidParameterError: exit status 2)."""
+    from .classifier import TransferClassifier
+
+    TransferClassifier(num_workers=args.num_workers)._validate_params()
+    model = load_model(args.model)
     if args.num_workers and hasattr(model, "num_workers"):
         model.num_workers = args.num_workers
-    return model
-
-
-def _decode_size(model):
-    size = getattr(model, "input_spec_", {}).get("decode_size")
-    if size is None:
+    if getattr(model, "input_spec_", {}).get("decode_size") is None:
         raise ValueError(
             "This model was fitted on arrays, not on image files; the command line needs a "
             "model fitted on files (e.g. by 'sktransfer fit')."
         )
-    return size
+    return model
 
 
 def _cmd_predict(args, out):
     import numpy as np
 
-    model = _prepare(load_model(args.model), args)
-    files = _image_files(args.inputs)
-    files = [files[i] for i in _readable(files, _decode_size(model), args.on_bad_image)]
+    model = _load(args)
+    files = _image_files(args.inputs, args.on_bad_image)
     if hasattr(model, "predict_proba"):
         proba = model.predict_proba(files)
         best = np.argmax(proba, axis=1)
@@ -477,12 +472,11 @@ def _cmd_evaluate(args, out):
 
     from .datasets import load_image_folder
 
-    model = _prepare(load_model(args.model), args)
+    model = _load(args)
     if not hasattr(model, "classes_"):
         raise ValueError("evaluate needs a classifier; this model is a regressor.")
-    paths, labels = load_image_folder(args.data_dir)
-    keep = _readable(paths, _decode_size(model), args.on_bad_image)
-    paths, labels = [paths[i] for i in keep], labels[keep]
+    skip = args.on_bad_image == "skip"
+    paths, labels = load_image_folder(args.data_dir, on_bad_image="skip" if skip else None)
     pred = model.predict(paths)
     labels = labels.astype(model.classes_.dtype) if model.classes_.dtype != object else labels
     print(f"accuracy: {accuracy_score(labels, pred):.4f} ({len(paths)} images)", file=out)
@@ -515,7 +509,7 @@ def _plot_confusion(y_true, y_pred, path):
 
 
 def _cmd_backbones(args, out):
-    from .backbones import get_backbone
+    from .backbones import describe_backbones, get_backbone
 
     if args.stages:
         bb = get_backbone(args.stages, weights=None)
@@ -528,11 +522,13 @@ def _cmd_backbones(args, out):
         for i, name in enumerate(bb.stage_names):
             print(f"  {i:2d}  {name}", file=out)
         return 0
-    rows = _backbone_rows(args.source)
-    width = max(len(r[0]) for r in rows)
+    rows = describe_backbones(args.source)
+    width = max(len(r["name"]) for r in rows)
     print(f"{'name':<{width}}  {'source':<11}  {'weights':<8}  description", file=out)
-    for name, source, weights, description in rows:
-        print(f"{name:<{width}}  {source:<11}  {weights:<8}  {description}", file=out)
+    for r in rows:
+        weights = r["weights"] or "-"
+        print(f"{r['name']:<{width}}  {r['source']:<11}  {weights:<8}  {r['description']}",
+              file=out)
     print(
         "\nweights: 'offline' = the default pretrained weights are on this machine, "
         "'missing' = they would need a download (or a local file via --weights), "
@@ -540,35 +536,6 @@ def _cmd_backbones(args, out):
         file=out,
     )
     return 0
-
-
-def _backbone_rows(source):
-    from .backbones import _REGISTRY, _hub_checkpoint, list_backbones
-
-    rows = []
-    if source in ("all", "registered"):
-        for entry in sorted(_REGISTRY.values(), key=lambda e: e.name):
-            if entry.default_weights is None:
-                status = "-"
-            else:
-                try:
-                    status = "offline" if os.path.isfile(entry.default_weights()) else "missing"
-                except Exception:  # noqa: BLE001 - any failure means "not here"
-                    status = "missing"
-            rows.append((entry.name, "sktransfer", status, entry.description))
-    if source in ("all", "torchvision"):
-        import torchvision.models as tvm
-
-        for name in list_backbones("torchvision"):
-            if name in _REGISTRY:
-                continue
-            try:
-                url = tvm.get_model_weights(name).DEFAULT.url
-                status = "offline" if os.path.isfile(_hub_checkpoint(url)) else "missing"
-            except Exception:  # noqa: BLE001 - no weights enum: random init only
-                status = "-"
-            rows.append((name, "torchvision", status, "torchvision classification model"))
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -591,7 +558,8 @@ def main(argv=None):
     Returns
     -------
     status : int
-        0 on success, 1 on errors, 2 on usage errors.
+        0 on success, 1 on errors, 2 on usage errors (including option values the estimator
+        refuses).
 
     Examples
     --------
@@ -618,5 +586,14 @@ def main(argv=None):
         except Exception as exc:  # noqa: BLE001 - the command line reports, never crashes
             if args.traceback:
                 raise
+            if _is_usage_error(exc):
+                print(f"sktransfer: error: {' '.join(str(exc).split())}", file=sys.stderr)
+                return 2
             print(f"error: {exc}", file=sys.stderr)
             return 1
+
+
+def _is_usage_error(exc):
+    from ._compat import InvalidParameterError
+
+    return isinstance(exc, (InvalidParameterError, _UsageError))

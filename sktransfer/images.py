@@ -29,39 +29,55 @@ Decoding rules (applied identically in ``fit`` and ``predict``):
 
 Bad files: ``fit`` decodes every image once before training starts, so that all unreadable
 files (missing, empty, truncated, corrupt, not an image) are reported together in one
-``ValueError`` listing their paths; with ``on_bad_image="skip"`` they are dropped with a
-warning instead. Pillow's ``DecompressionBombError`` is never caught, and no global Pillow
-setting (``Image.MAX_IMAGE_PIXELS``, ``ImageFile.LOAD_TRUNCATED_IMAGES``) is ever changed.
+``ValueError`` listing their paths. To leave them out instead, drop them where the data is
+loaded: :func:`drop_unreadable` for a list of paths (and its targets), or
+``sktransfer.datasets.load_image_folder(..., on_bad_image="skip")``. Pillow's
+``DecompressionBombError`` is never caught, and no global Pillow setting
+(``Image.MAX_IMAGE_PIXELS``, ``ImageFile.LOAD_TRUNCATED_IMAGES``) is ever changed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from ._spec import InputSpec
+from ._decode import (
+    PROPAGATE,
+    Unreadable,
+    as_list,
+    bytes_digest,
+    check_size,
+    content_digest,
+    decode_item,
+    is_item,
+    name_of,
+    origin,
+    read_bytes,
+    unreadable_reason,
+)
 
-__all__ = ["BadImageError", "decode_image", "is_image_list", "load_images"]
-
-# Never swallowed: a decompression bomb is the user's to see, whatever the error policy.
-_PROPAGATE = (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError)
+__all__ = ["BadImageError", "decode_image", "drop_unreadable", "is_image_list", "load_images"]
 
 _MAX_LISTED = 100
+
+# Side at which images are decoded only to check that they can be read: small, so that the
+# check is cheap (large JPEGs are decoded at a reduced scale), through every decoding step.
+_CHECK_SIZE = 32
 
 
 class BadImageError(ValueError):
     """Some images could not be read; ``paths`` names every one of them.
 
-    A subclass of :class:`ValueError`. Estimators raise it in ``fit`` and ``predict`` with
-    ``on_bad_image="raise"`` (the default), after checking every image, so one run lists them
-    all; ``on_bad_image="skip"`` leaves them out of ``fit`` instead.
+    A subclass of :class:`ValueError`. Estimators raise it in ``fit`` and ``predict`` after
+    checking every image, so one run lists them all; ``reasons`` says, in the same order, why
+    each could not be read. :func:`drop_unreadable` and
+    ``sktransfer.datasets.load_image_folder(..., on_bad_image="skip")`` leave such files out
+    instead.
 
     Examples
     --------
@@ -77,37 +93,34 @@ class BadImageError(ValueError):
     >>> try:
     ...     load_images([good, bad], 8)
     ... except BadImageError as exc:
-    ...     print([os.path.basename(p) for p in exc.paths])
-    ['bad.png']
+    ...     print([os.path.basename(p) for p in exc.paths], exc.reasons)
+    ['bad.png'] ['not an image file Pillow can read']
     """
 
-    def __init__(self, message, paths=()):
+    def __init__(self, message, paths=(), reasons=()):
         super().__init__(message)
         self.paths = list(paths)
+        self.reasons = list(reasons)
+
+
+def bad_images_error(names, reasons, n_images, remedy):
+    """The :class:`BadImageError` that lists ``names`` (with their ``reasons``) among
+    ``n_images`` images, and says what to do (``remedy``)."""
+    lines = [f"  {name}: {reason}" for name, reason in zip(names[:_MAX_LISTED], reasons)]
+    if len(names) > _MAX_LISTED:
+        lines.append(
+            f"  ... and {len(names) - _MAX_LISTED} more (listed in the error's .paths)"
+        )
+    return BadImageError(
+        f"{len(names)} of {n_images} images could not be read. {remedy}:\n" + "\n".join(lines),
+        paths=names,
+        reasons=reasons,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Telling image lists apart
 # ---------------------------------------------------------------------------------------------
-
-
-def _is_path(item):
-    return isinstance(item, (str, os.PathLike))
-
-
-def _is_item(item):
-    return _is_path(item) or isinstance(item, Image.Image)
-
-
-def _as_list(X):
-    """X as a list when it is a 1-D collection that may hold images, else ``None``."""
-    if isinstance(X, (list, tuple)):
-        return list(X)
-    if hasattr(X, "iloc") and getattr(X, "ndim", None) == 1:  # pandas Series
-        X = X.to_numpy()
-    if isinstance(X, np.ndarray) and X.ndim == 1 and X.dtype.kind in "OUS":
-        return X.tolist() if X.dtype.kind != "S" else None
-    return None
 
 
 def is_image_list(X):
@@ -135,108 +148,13 @@ def is_image_list(X):
             f"X is a single {'image' if isinstance(X, Image.Image) else 'path'}; pass a list "
             "of them (e.g. [X]), or load a folder with sktransfer.datasets.load_image_folder."
         )
-    items = _as_list(X)
-    return bool(items) and all(_is_item(item) for item in items)
-
-
-def _origin(items):
-    paths = sum(_is_path(item) for item in items)
-    if paths == len(items):
-        return "files"
-    return "pil" if paths == 0 else "files+pil"
+    items = as_list(X)
+    return bool(items) and all(is_item(item) for item in items)
 
 
 # ---------------------------------------------------------------------------------------------
 # Decoding
 # ---------------------------------------------------------------------------------------------
-
-
-def _to_rgb(img):
-    """Any Pillow mode -> ``RGB`` by the rules of the module docstring."""
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode.startswith("I"):
-        a = np.asarray(img).astype(np.float64)
-        return Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8)).convert(
-            "RGB"
-        )
-    if mode == "F":
-        a = np.asarray(img).astype(np.float64)
-        a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0)
-        return Image.fromarray(np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)).convert(
-            "RGB"
-        )
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif mode in ("LA", "La", "PA", "RGBa"):
-        img = img.convert("RGBA")
-    elif mode == "L" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode == "RGBA":
-        background = Image.new("RGB", img.size, (255, 255, 255))
-        background.paste(img, mask=img.getchannel("A"))
-        return background
-    return img.convert("RGB")
-
-
-def _fit_square(img, size):
-    """Shorter side to ``size``, centre crop of the longer one, in one resampling."""
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) / 2.0, (h - side) / 2.0
-    return img.resize(
-        (size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side)
-    )
-
-
-def _decode_pil(img, size, *, own):
-    """A PIL image -> ``(size, size, 3)`` uint8 array. ``own``: the image is ours to mutate."""
-    if own and img.format == "JPEG":
-        img.draft(None, (size, size))  # DCT scaling: a decode-time reduction, never below size
-    img = ImageOps.exif_transpose(img)
-    img = _fit_square(_to_rgb(img), size)
-    return np.asarray(img, dtype=np.uint8)
-
-
-def _read_bytes(path):
-    data = Path(path).read_bytes()
-    if not data:
-        raise _Unreadable("empty file")
-    return data
-
-
-class _Unreadable(Exception):
-    """A file that is not an image, with the reason to show."""
-
-
-def _decode_item(item, size, data=None):
-    if isinstance(item, Image.Image):
-        return _decode_pil(item, size, own=False)
-    if data is None:
-        data = _read_bytes(item)
-    with Image.open(io.BytesIO(data)) as img:
-        return _decode_pil(img, size, own=True)
-
-
-def _reason(exc):
-    if isinstance(exc, _Unreadable):
-        return str(exc)
-    if isinstance(exc, FileNotFoundError):
-        return "file not found"
-    if isinstance(exc, IsADirectoryError):
-        return "is a folder, not a file"
-    if isinstance(exc, UnidentifiedImageError):
-        return "not an image file Pillow can read"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _name(items, i):
-    item = items[i]
-    if _is_path(item):
-        return os.fspath(item)
-    filename = getattr(item, "filename", "")
-    return f"PIL image at index {i}" + (f" ({filename})" if filename else "")
 
 
 def decode_image(image, size):
@@ -263,9 +181,9 @@ def decode_image(image, size):
     [255, 255, 255]
     """
     try:
-        return _decode_item(image, _check_size(size))
-    except _Unreadable as exc:
-        raise ValueError(f"{_name([image], 0)}: {exc}") from None
+        return decode_item(image, check_size(size))
+    except Unreadable as exc:
+        raise ValueError(f"{name_of([image], 0)}: {exc}") from None
 
 
 def load_images(images, size):
@@ -293,22 +211,10 @@ def load_images(images, size):
     >>> load_images([Image.new("L", (40, 20)), Image.new("RGB", (8, 8))], 16).shape
     (2, 16, 16, 3)
     """
-    items = _as_list(images)
-    if not items or not all(_is_item(item) for item in items):
+    items = as_list(images)
+    if not items or not all(is_item(item) for item in items):
         raise ValueError("images must be a non-empty list of paths or PIL images.")
     return ImageSource(items, size).batch(np.arange(len(items))).numpy()
-
-
-def _check_size(size):
-    if size is None:
-        raise ValueError(
-            "Image files and PIL images are decoded to one square size, and none is known: "
-            "pass input_size=... (e.g. input_size=224)."
-        )
-    size = int(size)
-    if size < 1:
-        raise ValueError(f"The decode size must be a positive number of pixels, got {size}.")
-    return size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,7 +250,7 @@ class ImageSource:
 
     def __init__(self, items, size, *, digests=None, kept=None, n_given=None):
         self.items = list(items)
-        self.size = _check_size(size)
+        self.size = check_size(size)
         self._digests = None if digests is None else list(digests)
         #: indices into the X the user gave of the images kept (``on_bad_image="skip"``)
         self.kept = kept
@@ -363,8 +269,8 @@ class ImageSource:
         out = np.empty((len(idx), self.size, self.size, 3), dtype=np.uint8)
         for j, i in enumerate(idx):
             try:
-                out[j] = _decode_item(self.items[i], self.size)
-            except _PROPAGATE:
+                out[j] = decode_item(self.items[i], self.size)
+            except PROPAGATE:
                 raise
             except Exception:  # noqa: BLE001 - report every bad image at once instead
                 raise self._bad_images_error(self._scan()) from None
@@ -377,7 +283,7 @@ class ImageSource:
 
     def digests(self):
         if self._digests is None:
-            self._digests = [_digest(item) for item in self.items]
+            self._digests = [content_digest(item) for item in self.items]
         return list(self._digests)
 
     # -- validation ------------------------------------------------------------------------
@@ -387,15 +293,15 @@ class ImageSource:
         item = self.items[i]
         try:
             if isinstance(item, Image.Image):
-                _decode_item(item, self.size)
-                return _digest(item), None
-            data = _read_bytes(item)
-            _decode_item(item, self.size, data)
-            return _bytes_digest(data), None
-        except _PROPAGATE:
+                decode_item(item, self.size)
+                return content_digest(item), None
+            data = read_bytes(item)
+            decode_item(item, self.size, data)
+            return bytes_digest(data), None
+        except PROPAGATE:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure makes the file unreadable
-            return None, _reason(exc)
+            return None, unreadable_reason(exc)
 
     def _scan(self):
         bad = []
@@ -405,17 +311,12 @@ class ImageSource:
                 bad.append((i, reason))
         return bad
 
-    def _bad_images_error(self, bad, *, fitting=False):
-        lines = [f"  {_name(self.items, i)}: {reason}" for i, reason in bad[:_MAX_LISTED]]
-        if len(bad) > _MAX_LISTED:
-            lines.append(f"  ... and {len(bad) - _MAX_LISTED} more (listed in the error's .paths)")
-        remedy = "Fix or remove them"
+    def _bad_images_error(self, bad, *, fitting=False, remedy="Fix or remove them"):
         if fitting:
             remedy += ", or pass on_bad_image='skip' to train without them"
-        return BadImageError(
-            f"{len(bad)} of {len(self.items)} images could not be read. {remedy}:\n"
-            + "\n".join(lines),
-            paths=[_name(self.items, i) for i, _ in bad],
+        return bad_images_error(
+            [name_of(self.items, i) for i, _ in bad], [reason for _, reason in bad],
+            len(self.items), remedy,
         )
 
     def validated(self, on_bad_image="raise"):
@@ -437,7 +338,7 @@ class ImageSource:
             raise self._bad_images_error(bad, fitting=on_bad_image != "skip")
         skipped = {i for i, _ in bad}
         kept = np.array([i for i in range(len(self.items)) if i not in skipped], dtype=np.int64)
-        names = ", ".join(f"{_name(self.items, i)} ({reason})" for i, reason in bad)
+        names = ", ".join(f"{name_of(self.items, i)} ({reason})" for i, reason in bad)
         warnings.warn(
             f"Skipped {len(bad)} of {len(self.items)} images that could not be read (their "
             f"targets are dropped too): {names}",
@@ -451,22 +352,6 @@ class ImageSource:
             kept=kept,
             n_given=len(self.items),
         )
-
-
-def _bytes_digest(data):
-    return hashlib.blake2b(data, digest_size=16).digest()
-
-
-def _digest(item):
-    if isinstance(item, Image.Image):
-        h = hashlib.blake2b(f"{item.mode}{item.size}".encode(), digest_size=16)
-        h.update(item.tobytes())
-        return h.digest()
-    try:
-        return _bytes_digest(_read_bytes(item))
-    except (OSError, _Unreadable):
-        # unreadable: a digest no real file has, so the cache never mixes it up
-        return hashlib.blake2b(b"unreadable:" + os.fsencode(item), digest_size=16).digest()
 
 
 def check_image_input(X, *, size, on_bad_image="raise", validate=True):
@@ -493,7 +378,7 @@ def check_image_input(X, *, size, on_bad_image="raise", validate=True):
         The decoded layout: ``(size, size, 3)`` uint8 NHWC, with ``source`` ("files", "pil" or
         "files+pil") and ``decode_size``.
     """
-    items = _as_list(X)
+    items = as_list(X)
     src = ImageSource(items, size)
     if validate:
         src = src.validated(on_bad_image)
@@ -504,7 +389,7 @@ def check_image_input(X, *, size, on_bad_image="raise", validate=True):
         layout="nhwc",
         channels=3,
         sample_shape=(src.size, src.size, 3),
-        source=_origin(items),
+        source=origin(items),
         decode_size=src.size,
     )
     return src, spec
@@ -522,3 +407,113 @@ def take_rows(y, kept, n_given):
     if hasattr(y, "iloc"):
         return y.iloc[kept]
     return np.asarray(y)[kept]
+
+
+# ---------------------------------------------------------------------------------------------
+# Leaving unreadable images out, where the data is loaded
+# ---------------------------------------------------------------------------------------------
+
+
+def readable_indices(items, on_bad_image="raise", *, option="on_bad_image='skip'",
+                     stacklevel=2):
+    """Indices of the images among ``items`` that can be read (each is decoded once, small).
+
+    With ``on_bad_image="raise"`` one :class:`BadImageError` lists every unreadable image and
+    names ``option`` as the way to leave them out; with ``"skip"`` they are left out with a
+    warning naming them, which ``stacklevel`` points at the caller's caller. When no image
+    can be read, :class:`BadImageError` either way.
+    """
+    bad = ImageSource(items, _CHECK_SIZE)._scan()
+    if not bad:
+        return np.arange(len(items))
+    names = [name_of(items, i) for i, _ in bad]
+    reasons = [reason for _, reason in bad]
+    if on_bad_image != "skip":
+        remedy = f"Fix or remove them, or pass {option} to leave them out"
+        raise bad_images_error(names, reasons, len(items), remedy)
+    if len(bad) == len(items):
+        raise bad_images_error(names, reasons, len(items), "No image is left: fix them")
+    listed = ", ".join(f"{name} ({reason})" for name, reason in zip(names, reasons))
+    warnings.warn(
+        f"Skipped {len(bad)} of {len(items)} images that could not be read: {listed}",
+        UserWarning,
+        stacklevel=stacklevel + 1,
+    )
+    skipped = {i for i, _ in bad}
+    return np.array([i for i in range(len(items)) if i not in skipped], dtype=np.int64)
+
+
+def _take(X, indices):
+    if isinstance(X, (list, tuple)):
+        return [X[i] for i in indices]
+    if hasattr(X, "iloc"):
+        return X.iloc[indices]
+    return np.asarray(X)[indices]
+
+
+def drop_unreadable(X, y=None):
+    """Leave out the images that cannot be read, and their targets, with a warning.
+
+    Estimators refuse unreadable files: ``fit`` raises one :class:`BadImageError` listing
+    them all before training starts. Where leaving them out is what you want, do it here,
+    before ``fit``, so that the samples and the targets an estimator sees are the ones you
+    pass it. Each image is decoded once (at a small size, which is cheap).
+
+    Parameters
+    ----------
+    X : list, tuple, 1-D array or Series of str, path-like or PIL.Image.Image
+        The images.
+    y : array-like of shape (n_samples,) or (n_samples, n_outputs), default=None
+        Targets, left out along with their images.
+
+    Returns
+    -------
+    X_kept : list, ndarray or Series
+        The readable images in their order, of the kind of ``X`` (a list for a tuple).
+    y_kept : list, ndarray or Series
+        Their targets, of the kind of ``y``; only returned when ``y`` is given.
+
+    Raises
+    ------
+    BadImageError
+        When no image can be read.
+
+    Warns
+    -----
+    UserWarning
+        Naming every image left out and why it could not be read.
+
+    See Also
+    --------
+    sktransfer.datasets.load_image_folder : Lists a folder of images;
+        ``on_bad_image="skip"`` drops the unreadable ones there.
+
+    Examples
+    --------
+    >>> import os, tempfile, warnings
+    >>> from PIL import Image
+    >>> from sktransfer.images import drop_unreadable
+    >>> folder = tempfile.mkdtemp()
+    >>> good = os.path.join(folder, "good.png")
+    >>> Image.new("RGB", (8, 8)).save(good)
+    >>> empty = os.path.join(folder, "empty.png")
+    >>> open(empty, "wb").close()
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     X, y = drop_unreadable([good, empty], ["cat", "dog"])
+    >>> [os.path.basename(path) for path in X], y
+    (['good.png'], ['cat'])
+    >>> print(str(caught[0].message).replace(folder + os.sep, ""))
+    Skipped 1 of 2 images that could not be read: empty.png (empty file)
+    """
+    items = as_list(X)
+    if not items or not all(is_item(item) for item in items):
+        raise ValueError("X must be a non-empty list of paths or PIL images.")
+    if y is not None and len(y) != len(items):
+        raise ValueError(
+            f"Found input variables with inconsistent numbers of samples: "
+            f"[{len(items)}, {len(y)}]"
+        )
+    kept = readable_indices(items, "skip")
+    X_kept = _take(X, kept)
+    return X_kept if y is None else (X_kept, _take(y, kept))

@@ -6,7 +6,8 @@ import torchvision.models as tvm
 from torch import nn
 
 from sktransfer import get_backbone, list_backbones, register_backbone
-from sktransfer.backbones import _split_torchvision, load_weights_file
+from sktransfer._stages import split_torchvision
+from sktransfer.backbones import load_weights_file
 
 
 def _head_input(model, head, x):
@@ -53,7 +54,7 @@ FAMILIES = [
 def test_torchvision_family_stages_compose_to_features(name, stages, head, size):
     torch.manual_seed(0)
     model = tvm.get_model(name, weights=None).eval()
-    split, num_features = _split_torchvision(name, model)
+    split, num_features = split_torchvision(name, model)
     assert list(split) == stages
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():

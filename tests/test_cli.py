@@ -11,7 +11,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from sktransfer.cli import load_model, main, save_model
+from sktransfer.cli import build_parser, load_model, main, save_model
+from sktransfer.images import ImageSource
 
 CLASSES = ["brick", "grass", "gravel"]
 FAST = ["--backbone", "test_cnn", "--weights", "none", "--input-size", "32", "--epochs", "2",
@@ -167,3 +168,69 @@ def test_usage_errors_exit_2_and_help_names_every_subcommand(capsys):
                    "--epochs", "--batch-size", "--input-size", "--test-size",
                    "--random-state", "--out", "--augment", "--on-bad-image"):
         assert option in out
+
+
+def test_option_values_are_judged_by_the_estimator_before_anything_is_read(tmp_path, capsys):
+    nowhere = str(tmp_path / "nowhere")  # never read: the options are refused first
+    for option, value, parameter in [("--lr", "-1", "lr"), ("--epochs", "0", "max_epochs"),
+                                     ("--freeze-depth", "first", "freeze_depth"),
+                                     ("--batch-size", "0", "batch_size")]:
+        assert main(["fit", nowhere, "--out", str(tmp_path / "m.skt"), option, value]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"sktransfer: error: The '{parameter}' parameter of "
+                              "TransferClassifier must be"), err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    assert main(["fit", nowhere, "--out", "m", "--test-size", "1.5"]) == 2
+    assert capsys.readouterr().err.startswith("sktransfer: error: --test-size must be")
+    assert main(["predict", str(tmp_path / "none.skt"), nowhere, "--num-workers", "-1"]) == 2
+    assert "'num_workers' parameter" in capsys.readouterr().err
+
+
+def test_freeze_depth_takes_all_or_an_integer():
+    parse = build_parser().parse_args
+    assert parse(["fit", "d", "--out", "m", "--freeze-depth", "all"]).freeze_depth == "all"
+    assert parse(["fit", "d", "--out", "m", "--freeze-depth", "-2"]).freeze_depth == -2
+
+
+def _with_bad_images(folder, root):
+    for name in CLASSES[:2]:
+        (root / name).mkdir(parents=True)
+        for k in range(3):
+            (root / name / f"{k}.png").write_bytes((folder / name / f"{k}.png").read_bytes())
+    (root / "brick" / "broken.png").write_bytes(b"")
+    (root / "grass" / "notes.jpg").write_text("hello")
+    return root
+
+
+def test_each_image_is_checked_once_before_training(folder, tmp_path, monkeypatch, capsys):
+    checked = []
+    check_one = ImageSource._check_one
+
+    def spy(self, i):
+        checked.append(self.items[i])
+        return check_one(self, i)
+
+    monkeypatch.setattr(ImageSource, "_check_one", spy)
+    assert main(["fit", str(folder), *FAST, "--epochs", "1", "--test-size", "0.33",
+                 "--verbose", "0", "--out", str(tmp_path / "m.skt")]) == 0
+    assert "18 images in 3 classes" in capsys.readouterr().out
+    assert sorted(checked) == sorted(str(p) for p in folder.glob("*/*.png"))  # each once
+
+
+def test_skip_drops_unreadable_images_where_they_are_loaded(folder, tmp_path, capsys):
+    root = _with_bad_images(folder, tmp_path / "data")
+    model = tmp_path / "m.joblib"
+    assert main(["fit", str(root), *FAST, "--test-size", "0", "--verbose", "0",
+                 "--on-bad-image", "skip", "--out", str(model)]) == 0
+    captured = capsys.readouterr()
+    assert "6 images in 2 classes: brick (3), grass (3)" in captured.out
+    assert "warning: Skipped 2 of 8 images" in captured.err
+    assert "broken.png (empty file)" in captured.err and "notes.jpg" in captured.err
+    # the loader dropped them: the estimator was not asked to
+    assert load_model(model).get_params().get("on_bad_image", "raise") == "raise"
+    assert main(["predict", str(model), str(root / "brick"), "--on-bad-image", "skip"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 1 + 3 and "broken.png" not in captured.out
+    assert "broken.png (empty file)" in captured.err
+    assert main(["evaluate", str(model), str(root), "--on-bad-image", "skip"]) == 0
+    assert "(6 images)" in capsys.readouterr().out

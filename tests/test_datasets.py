@@ -8,8 +8,10 @@ import struct
 
 import numpy as np
 import pytest
+from PIL import Image
 from sklearn.utils import Bunch
 
+from sktransfer import _fashion_mnist as F
 from sktransfer import datasets as D
 from sktransfer.datasets import (
     DataNotFoundError,
@@ -19,6 +21,7 @@ from sktransfer.datasets import (
     load_mnist_5k,
     load_textures,
 )
+from sktransfer.images import BadImageError
 
 HAS_DEBIAN_FASHION = all(
     os.path.isfile(os.path.join(D.DEBIAN_FASHION_MNIST_DIR, name))
@@ -73,13 +76,14 @@ def _write_fake_fashion(folder, n_train=30, n_test=20, compress=True, seed=0):
 def no_system_fashion(monkeypatch, tmp_path):
     """Make every default place empty: no env var, empty home, no Debian folder."""
     monkeypatch.delenv("SKTRANSFER_DATA", raising=False)
+    monkeypatch.delenv("SCIKIT_LEARN_DATA", raising=False)
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "no-debian"))
-    monkeypatch.setattr(D, "_SYSTEM_FASHION_MNIST_GLOBS", ())
+    monkeypatch.setattr(F, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "no-debian"))
+    monkeypatch.setattr(F, "_SYSTEM_FASHION_MNIST_GLOBS", ())
     # a mirror that does not exist: the download fails at once, without any network
-    monkeypatch.setattr(D, "FASHION_MNIST_URLS", ((tmp_path / "no-mirror").as_uri() + "/",))
+    monkeypatch.setattr(F, "FASHION_MNIST_URLS", ((tmp_path / "no-mirror").as_uri() + "/",))
     return home
 
 
@@ -90,8 +94,8 @@ def _mirror(monkeypatch, folder, *others):
     for path in folder.glob("*.gz"):
         raw = gzip.decompress(path.read_bytes())
         sums[path.name[:-3]] = (hashlib.sha256(raw).hexdigest(), len(raw))
-    monkeypatch.setattr(D, "_FASHION_SHA256", sums)
-    monkeypatch.setattr(D, "FASHION_MNIST_URLS", (*others, folder.as_uri() + "/"))
+    monkeypatch.setattr(F, "_FASHION_SHA256", sums)
+    monkeypatch.setattr(F, "FASHION_MNIST_URLS", (*others, folder.as_uri() + "/"))
 
 
 # --------------------------------------------------------------------------------------
@@ -103,16 +107,16 @@ def test_read_synthetic_idx(tmp_path):
     arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     _write_idx(tmp_path / "a.gz", arr)
     _write_idx(tmp_path / "b", arr, compress=False)
-    np.testing.assert_array_equal(D._read_idx(str(tmp_path / "a.gz")), arr)
-    np.testing.assert_array_equal(D._read_idx(tmp_path / "b"), arr)
-    assert D._read_idx(tmp_path / "a.gz").dtype == np.uint8
+    np.testing.assert_array_equal(F._read_idx(str(tmp_path / "a.gz")), arr)
+    np.testing.assert_array_equal(F._read_idx(tmp_path / "b"), arr)
+    assert F._read_idx(tmp_path / "a.gz").dtype == np.uint8
 
 
 def test_read_idx_other_dtype(tmp_path):
     arr = np.array([[1, -2], [300, 4]], dtype=">i4")
     raw = struct.pack(">BBBB", 0, 0, 0x0C, 2) + struct.pack(">II", 2, 2) + arr.tobytes()
     (tmp_path / "c").write_bytes(raw)
-    out = D._read_idx(tmp_path / "c")
+    out = F._read_idx(tmp_path / "c")
     np.testing.assert_array_equal(out, [[1, -2], [300, 4]])
     assert out.dtype == np.int32
 
@@ -122,11 +126,11 @@ def test_truncated_idx_raises(tmp_path):
     with gzip.open(tmp_path / "short.gz", "wb") as f:
         f.write(data[:-10])
     with pytest.raises(ValueError, match="truncated"):
-        D._read_idx(tmp_path / "short.gz")
+        F._read_idx(tmp_path / "short.gz")
     # header cut short
     (tmp_path / "hdr").write_bytes(data[:7])
     with pytest.raises(ValueError, match="truncated"):
-        D._read_idx(tmp_path / "hdr")
+        F._read_idx(tmp_path / "hdr")
 
 
 def test_truncated_gzip_stream_raises(tmp_path):
@@ -134,22 +138,22 @@ def test_truncated_gzip_stream_raises(tmp_path):
     compressed = gzip.compress(data)
     (tmp_path / "cut.gz").write_bytes(compressed[: len(compressed) // 2])
     with pytest.raises(ValueError, match="truncated or corrupt"):
-        D._read_idx(tmp_path / "cut.gz")
+        F._read_idx(tmp_path / "cut.gz")
 
 
 def test_bad_magic_raises(tmp_path):
     (tmp_path / "bad").write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 20)
     with pytest.raises(ValueError, match="magic"):
-        D._read_idx(tmp_path / "bad")
+        F._read_idx(tmp_path / "bad")
     (tmp_path / "bad2").write_bytes(b"\x00\x00\x07\x01" + b"\x00" * 8)
     with pytest.raises(ValueError, match="magic"):
-        D._read_idx(tmp_path / "bad2")
+        F._read_idx(tmp_path / "bad2")
 
 
 def test_trailing_bytes_raise(tmp_path):
     (tmp_path / "long").write_bytes(_idx_bytes(np.zeros(3)) + b"\x00")
     with pytest.raises(ValueError, match="corrupt"):
-        D._read_idx(tmp_path / "long")
+        F._read_idx(tmp_path / "long")
 
 
 def test_fetch_from_data_home(tmp_path, no_system_fashion):
@@ -240,7 +244,7 @@ def test_fetch_downloads_verified_files_where_missing(tmp_path, monkeypatch, no_
         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]  # only what was asked for
     assert capsys.readouterr().err.count("Downloading") == 4  # 2 files x (failed, good mirror)
     # the downloaded files are found from now on, even with every mirror gone
-    monkeypatch.setattr(D, "FASHION_MNIST_URLS", ())
+    monkeypatch.setattr(F, "FASHION_MNIST_URLS", ())
     X_again, _ = fetch_fashion_mnist(subset="test", data_home=tmp_path / "home",
                                      return_X_y=True)
     np.testing.assert_array_equal(X_again, X)
@@ -250,12 +254,17 @@ def test_fetch_downloads_verified_files_where_missing(tmp_path, monkeypatch, no_
 def test_fetch_download_lands_in_env_folder_or_home(tmp_path, monkeypatch, no_system_fashion):
     _write_fake_fashion(tmp_path / "mirror")
     _mirror(monkeypatch, tmp_path / "mirror")
-    fetch_fashion_mnist(subset="test")
-    assert (no_system_fashion / "sktransfer_data" / "fashion-mnist"
+    fetch_fashion_mnist(subset="test")  # into scikit-learn's data home
+    assert (no_system_fashion / "scikit_learn_data" / "fashion-mnist"
             / "t10k-images-idx3-ubyte.gz").is_file()
     monkeypatch.setenv("SKTRANSFER_DATA", str(tmp_path / "env"))
     fetch_fashion_mnist(subset="train")
     assert (tmp_path / "env" / "fashion-mnist" / "train-labels-idx1-ubyte.gz").is_file()
+    # scikit-learn's own setting of its data home is followed
+    monkeypatch.delenv("SKTRANSFER_DATA")
+    monkeypatch.setenv("SCIKIT_LEARN_DATA", str(tmp_path / "sklearn"))
+    fetch_fashion_mnist(subset="train")
+    assert (tmp_path / "sklearn" / "fashion-mnist" / "train-labels-idx1-ubyte.gz").is_file()
 
 
 def test_fetch_refuses_a_corrupt_download_and_leaves_nothing(tmp_path, monkeypatch,
@@ -279,7 +288,7 @@ def test_fetch_refuses_a_corrupt_download_and_leaves_nothing(tmp_path, monkeypat
 
 @pytest.mark.skipif(not HAS_DEBIAN_FASHION, reason="dataset-fashion-mnist not installed")
 def test_download_checksums_match_the_real_files():
-    for stem, (sha256, size) in D._FASHION_SHA256.items():
+    for stem, (sha256, size) in F._FASHION_SHA256.items():
         with gzip.open(os.path.join(D.DEBIAN_FASHION_MNIST_DIR, stem + ".gz"), "rb") as f:
             raw = f.read()
         assert (hashlib.sha256(raw).hexdigest(), len(raw)) == (sha256, size), stem
@@ -531,16 +540,42 @@ def test_image_folder_errors(tmp_path):
         load_image_folder(tmp_path / "flat" / "a.jpg")
 
 
+def test_image_folder_checks_or_skips_unreadable_images_on_request(tmp_path):
+    for name in ["cat/a.png", "cat/b.png", "dog/c.png"]:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    (tmp_path / "cat" / "empty.png").write_bytes(b"")
+    (tmp_path / "dog" / "notes.jpg").write_text("hello")
+    paths, _ = load_image_folder(tmp_path)  # by default nothing is opened
+    assert len(paths) == 5
+    with pytest.raises(BadImageError, match="2 of 5 images could not be read") as info:
+        load_image_folder(tmp_path, on_bad_image="raise")
+    assert [os.path.basename(p) for p in info.value.paths] == ["empty.png", "notes.jpg"]
+    assert "on_bad_image='skip'" in str(info.value)
+    with pytest.warns(UserWarning, match=r"Skipped 2 of 5 images .*empty\.png.*notes\.jpg") as rec:
+        paths, labels, classes = load_image_folder(tmp_path, on_bad_image="skip",
+                                                   return_classes=True)
+    assert rec[0].filename == __file__  # the warning points at the caller
+    assert [os.path.relpath(p, tmp_path) for p in paths] == [
+        os.path.join("cat", "a.png"), os.path.join("cat", "b.png"), os.path.join("dog", "c.png")]
+    assert labels.tolist() == ["cat", "cat", "dog"] and classes == ["cat", "dog"]
+    with pytest.raises(ValueError, match="on_bad_image must be None, 'raise' or 'skip'"):
+        load_image_folder(tmp_path, on_bad_image="ignore")
+
+
 def test_datasets_module_does_not_import_torch():
-    """The loaders need numpy and scikit-learn only (the module is loaded on its own,
-    so that what the package's __init__ imports does not count)."""
+    """The loaders need numpy and scikit-learn only (the module and the private modules it
+    imports are loaded without the package's __init__, so that what it imports does not
+    count)."""
     import subprocess
     import sys
 
     code = (
-        "import importlib.util, sys; "
-        f"spec = importlib.util.spec_from_file_location('standalone_datasets', {D.__file__!r}); "
-        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
+        "import importlib, sys, types; "
+        "package = types.ModuleType('sktransfer'); "
+        f"package.__path__ = [{os.path.dirname(D.__file__)!r}]; "
+        "sys.modules['sktransfer'] = package; "
+        "module = importlib.import_module('sktransfer.datasets'); "
         "module.load_textures(); module.load_faces(); "
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )

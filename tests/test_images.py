@@ -16,7 +16,14 @@ from skorch.callbacks import Callback
 
 import sktransfer.backbones
 from sktransfer import TransferClassifier, TransferRegressor, register_backbone
-from sktransfer.images import ImageSource, decode_image, is_image_list, load_images
+from sktransfer.images import (
+    BadImageError,
+    ImageSource,
+    decode_image,
+    drop_unreadable,
+    is_image_list,
+    load_images,
+)
 
 SIZE = 32
 
@@ -319,6 +326,36 @@ def test_predict_reports_every_bad_file_at_once(dataset, files, fitted):
         fitted.predict(paths[:2] + [str(files["truncated.jpg"]), str(files["notes.jpg"])])
     assert str(files["truncated.jpg"]) in str(info.value)
     assert str(files["notes.jpg"]) in str(info.value)
+
+
+def test_drop_unreadable_leaves_out_bad_files_and_their_targets(files):
+    good = [str(files[name]) for name in GOOD]
+    bad = [str(files[name]) for name in BAD]
+    X = good[:3] + bad[:2] + good[3:] + bad[2:]
+    with pytest.warns(UserWarning, match="Skipped 4 of 12 images that could not be read") as rec:
+        X_kept, y_kept = drop_unreadable(X, list(range(12)))
+    assert X_kept == good and y_kept == [0, 1, 2, 5, 6, 7, 8, 9]
+    message = str(rec[0].message)
+    assert all(path in message for path in bad) and not any(path in message for path in good)
+    assert rec[0].filename == __file__  # the warning points at the caller
+    # an array stays an array; without y only X comes back
+    with pytest.warns(UserWarning, match=r"empty\.jpg \(empty file\)"):
+        kept = drop_unreadable(np.array([good[0], bad[1]], dtype=object))
+    assert isinstance(kept, np.ndarray) and kept.tolist() == [good[0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to drop: no warning
+        assert drop_unreadable(good) == good
+
+
+def test_drop_unreadable_errors(files):
+    bad = [str(files[name]) for name in BAD]
+    with pytest.raises(BadImageError, match="4 of 4 images could not be read") as info:
+        drop_unreadable(bad)
+    assert info.value.paths == bad and info.value.reasons[1] == "empty file"
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        drop_unreadable([str(files["photo.png"])], [0, 1])
+    with pytest.raises(ValueError, match="non-empty list of paths or PIL images"):
+        drop_unreadable([[0.5, 1.0]])
 
 
 def test_decompression_bomb_propagates_and_global_flags_stay(files, monkeypatch):
