@@ -10,6 +10,7 @@ is saved (:mod:`sktransfer.persistence` reads what each estimator declares in ``
 from __future__ import annotations
 
 import copy
+import dataclasses
 import numbers
 import os
 import warnings
@@ -34,13 +35,17 @@ from ._network import (
     load_fitted_state,
     native_input_size,
 )
+from ._lr_finder import lr_range_test
+from ._recipe import fit_probe_head
 from ._runtime import (
+    batched_features,
     batched_forward,
     check_finite_output,
     preserved_global_state,
     resolve_device,
     seed_from,
 )
+from ._schedules import SCHEDULES
 from ._training import (
     TrainingConfig,
     amp_context,
@@ -228,7 +233,12 @@ _FINE_TUNING_CONSTRAINTS = {
         StrOptions({"all"}),
         Interval(numbers.Integral, None, None, closed="neither"),
     ],
-    "lr": [Interval(numbers.Real, 0, None, closed="neither")],
+    "lr": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
+    "lr_schedule": [StrOptions(set(SCHEDULES))],
+    "layer_decay": [Interval(numbers.Real, 0, 1, closed="right")],
+    "head_init": [StrOptions({"random", "linear_probe"})],
+    "l2_sp": [Interval(numbers.Real, 0, None, closed="left")],
+    "tta": ["boolean"],
     "momentum": [Interval(numbers.Real, 0, 1, closed="left")],
     "optimizer": [StrOptions({"sgd", "adamw"})],
     "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
@@ -265,6 +275,8 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         "n_iter_": "count",
         "cache_key_": "cache_key",
         "interrupted_": "bool",
+        "lr_": "positive_real",
+        "lr_range_test_": "range_test",
     }
     _is_classifier = False
 
@@ -293,12 +305,13 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
                 device = str(accelerator.device)
             torch.manual_seed(seed)
             fitted = self._train(X, y_enc, spec, criterion, TrainingConfig(
-                lr=self.lr, max_epochs=self.max_epochs, batch_size=self.batch_size, seed=seed,
+                lr=self.lr if self.lr != "auto" else 0.0, max_epochs=self.max_epochs, batch_size=self.batch_size, seed=seed,
                 device=device, optimizer=self.optimizer, momentum=self.momentum,
                 weight_decay=self.weight_decay, precision=self.precision,
                 num_workers=self.num_workers, compile=self.compile, verbose=self.verbose,
                 accelerator=accelerator, patience=self.n_iter_no_change, tol=self.tol,
-                callbacks=self.callbacks or [],
+                callbacks=self.callbacks or [], lr_schedule=self.lr_schedule,
+                layer_decay=self.layer_decay, l2_sp=self.l2_sp,
             ))
         # Only now, with training finished, does the estimator change: an error above leaves
         # a previous fit intact.
@@ -329,8 +342,26 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         if valid_idx is not None:
             train_ds = ArrayDataset(inputs.take(train_idx), y[train_idx], transform=augmenter)
             train_split = predefined_split(ArrayDataset(inputs.take(valid_idx), y[valid_idx]))
+        probed = False
+        if self.head_init == "linear_probe" and not warm:
+            probed = self._probe_head(net, src, spec, info, y, criterion, train_idx, config)
+        if probed and k == len(net.stages):
+            # the whole backbone is frozen: the probe is the trained head, no epoch to run
+            net.eval()
+            return {**info, "net_": self._wrap_in_skorch(net, config, criterion, []),
+                    "module_": net, "stage_names_": list(net.stages._modules),
+                    "history_": [], "n_iter_": 0, "cache_key_": cache_key,
+                    "interrupted_": False, "lr_": float(config.lr or self._default_lr()),
+                    "lr_range_test_": None}
+        range_test = None
+        if self.lr == "auto":
+            range_test = lr_range_test(net, criterion, train_ds, config, drop_last=drop_last)
+            config = dataclasses.replace(config, lr=range_test["lr"])
+            if self.verbose:
+                print(f"lr='auto': range test of {range_test['steps']} steps in "
+                      f"{range_test['seconds']:.1f} s suggests lr={range_test['lr']:.3g}")
         callbacks = training_callbacks(config, sample, validate=valid_idx is not None,
-                                       accuracy=self._is_classifier)
+                                       accuracy=self._is_classifier, drop_last=drop_last)
         skorch_net = make_skorch_net(net, criterion, config, callbacks=callbacks,
                                      train_split=train_split, drop_last=drop_last)
         try:
@@ -348,7 +379,33 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
             "n_iter_": len(skorch_net.history),
             "cache_key_": cache_key,
             "interrupted_": interrupted,
+            "lr_": float(config.lr),
+            "lr_range_test_": None if range_test is None else {
+                "lr": range_test["lrs"], "loss": range_test["losses"]},
         }
+
+    def _probe_head(self, net, src, spec, info, y, criterion, train_idx, config):
+        """Linear-probe head start: the head set to a linear model fitted on the pretrained
+        features of the training rows (computed once, through the activation cache)."""
+        n = len(net.stages)
+        key = precision_key(caching.prefix_key(
+            backbone=self.backbone, backbone_name=info["backbone_name_"],
+            weights=info["weights_"], spec=spec, k=n,
+            seed=config.seed if self.weights is None else None,
+            input_size=self.input_size, grayscale=self.grayscale,
+        ), self.precision)
+        with amp_context(config.device, self.precision):
+            feats = caching.prefix_activations(
+                net, n, src, key=key, device=config.device, batch_size=self._infer_batch_size(),
+                memory=self._memory() if self.cache is not False else None,
+            )
+        if feats is None:
+            feats = torch.from_numpy(batched_features(net, src, config.device,
+                                                      self._infer_batch_size()))
+        weights = getattr(criterion, "class_weights", None)
+        fit_probe_head(net.head, feats.numpy()[train_idx], y[train_idx],
+                       classifier=self._is_classifier, class_weight=weights)
+        return True
 
     def _start_network(self, spec, y, sample):
         """``(net, attrs, warm)``: a fresh network from the pretrained weights, or
@@ -412,16 +469,21 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         net.start = k
         return ArraySource(acts), cache_key
 
-    def _wrap_in_skorch(self, module):
-        """A skorch net around an already trained module (after unpickling or loading)."""
-        config = TrainingConfig(lr=self.lr, max_epochs=self.max_epochs,
-                                batch_size=self.batch_size, seed=0, device=self.device_,
-                                optimizer=self.optimizer, momentum=self.momentum,
-                                weight_decay=self.weight_decay, precision=self.precision,
-                                num_workers=self.num_workers, compile=self.compile)
-        skorch_net = make_skorch_net(module, self._criterion(None, None), config)
+    def _wrap_in_skorch(self, module, config=None, criterion=None, history=None):
+        """A skorch net around an already trained module (after unpickling or loading, or
+        when no epoch was run)."""
+        if config is None:
+            config = TrainingConfig(lr=self.lr_, max_epochs=self.max_epochs,
+                                    batch_size=self.batch_size, seed=0, device=self.device_,
+                                    optimizer=self.optimizer, momentum=self.momentum,
+                                    weight_decay=self.weight_decay, precision=self.precision,
+                                    num_workers=self.num_workers, compile=self.compile)
+        if config.lr == 0.0:
+            config = dataclasses.replace(config, lr=self._default_lr())
+        criterion = self._criterion(None, None) if criterion is None else criterion
+        skorch_net = make_skorch_net(module, criterion, config)
         skorch_net.initialize()
-        for row in self.history_:
+        for row in self.history_ if history is None else history:
             skorch_net.history.new_epoch()
             for key, value in row.items():
                 skorch_net.history.record(key, value)
@@ -431,6 +493,10 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         module = super()._restore_module(module_state, device=device)
         self.net_ = self._wrap_in_skorch(module)
         return module
+
+    @staticmethod
+    def _default_lr():
+        return 0.01
 
     def _validation_split(self, y, seed):
         from sklearn.model_selection import train_test_split
@@ -472,9 +538,13 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
     # -- predict ------------------------------------------------------------------------------
 
     def _forward(self, X):
-        """Raw network outputs (logits or scaled regression outputs) for X, as a numpy array."""
+        """Raw network outputs (logits or scaled regression outputs) for X, as a numpy array
+        of shape ``(n_views, n_samples, n_outputs)``: one view, or with ``tta=True`` two (the
+        images as given and flipped left-right)."""
         check_is_fitted(self, "module_")
         X = self._validate_predict_input(X)
+        if self.tta and self.input_spec_.kind != "image":
+            raise ValueError("tta=True flips images; this model takes vectors. Use tta=False.")
         net = self.module_
         net.eval()
         # compile=True: the module skorch compiled (it shares the parameters of module_)
@@ -485,17 +555,23 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         with preserved_global_state(self.device_), amp_context(self.device_, precision):
             k = self.n_frozen_stages_
             src = make_source(X, self.input_spec_)
+            out = None
             if self.cache is not False and self.cache_key_ is not None and k > 0:
                 acts = caching.prefix_activations(
                     net, k, src, key=self.cache_key_, device=self.device_,
                     batch_size=batch_size, memory=self._memory(),
                 )
                 if acts is not None:
-                    return check_finite_output(batched_forward(
-                        fwd, ArraySource(acts), self.device_, batch_size, start=k, pad=pad))
-            return check_finite_output(batched_forward(
-                fwd, src, self.device_, batch_size, start=0, pad=pad,
-                num_workers=self.num_workers))
+                    out = batched_forward(fwd, ArraySource(acts), self.device_, batch_size,
+                                          start=k, pad=pad)
+            if out is None:
+                out = batched_forward(fwd, src, self.device_, batch_size, start=0, pad=pad,
+                                      num_workers=self.num_workers)
+            views = [out]
+            if self.tta:
+                views.append(batched_forward(fwd, src, self.device_, batch_size, start=0,
+                                             num_workers=self.num_workers, flip=True))
+            return np.stack([check_finite_output(view) for view in views])
 
     # -- tags -----------------------------------------------------------------------------------
 

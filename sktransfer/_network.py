@@ -69,16 +69,19 @@ class TransferNet(nn.Module):
             x = stage(x)
         return x
 
-    def features(self, x, start=0):
-        """Backbone features (before the head), from stage ``start`` on."""
+    def features(self, x, start=0, flip=False):
+        """Backbone features (before the head), from stage ``start`` on; ``flip`` flips the
+        preprocessed images left-right (test-time augmentation)."""
         if start == 0:
             x = self.preprocess(x)
+            if flip:
+                x = torch.flip(x, dims=(-1,))
         for stage in list(self.stages)[start:]:
             x = stage(x)
         return x
 
-    def forward(self, x, start=None):
-        return self.head(self.features(x, self.start if start is None else start))
+    def forward(self, x, start=None, flip=False):
+        return self.head(self.features(x, self.start if start is None else start, flip=flip))
 
 
 def load_fitted_state(net, state, *, stage_names=None):

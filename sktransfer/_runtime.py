@@ -11,6 +11,7 @@ import torch
 from ._data import ArrayDataset, ArraySource, collate_batch
 
 __all__ = [
+    "batched_features",
     "batched_forward",
     "check_finite_output",
     "preserved_global_state",
@@ -70,13 +71,16 @@ def seed_from(random_state):
     return int(random_state)
 
 
-def batched_forward(net, source, device, batch_size, start=0, num_workers=0, pad=False):
+def batched_forward(net, source, device, batch_size, start=0, num_workers=0, pad=False,
+                    flip=False):
     """Outputs for every sample of ``source``, in batches of ``batch_size``.
 
     With ``pad=True`` every batch is zero-padded to ``batch_size`` rows, so each sample goes
     through exactly the same matrix kernels whatever the size of the request: predictions are
     then bitwise invariant to batch size and row order (used for cheap vector backbones).
+    ``flip=True`` runs the images flipped left-right (test-time augmentation).
     """
+    extra = {"flip": True} if flip else {}
     outs = []
     n = len(source)
     chunks = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
@@ -92,9 +96,24 @@ def batched_forward(net, source, device, batch_size, start=0, num_workers=0, pad
             m = len(xb)
             if pad and m < batch_size:
                 xb = torch.cat([xb, xb.new_zeros((batch_size - m, *xb.shape[1:]))])
-            out = net(xb.to(device, non_blocking=True), start=start)[:m]
+            out = net(xb.to(device, non_blocking=True), start=start, **extra)[:m]
             outs.append(out.float().cpu())
     return torch.cat(outs).numpy()
+
+
+def batched_features(net, source, device, batch_size):
+    """Backbone features (before the head) of every sample of ``source``, in eval mode."""
+    was = net.training
+    net.eval()
+    try:
+        with torch.inference_mode():
+            return torch.cat([
+                net.features(source.batch(np.arange(i, min(i + batch_size, len(source))))
+                             .to(device)).float().cpu()
+                for i in range(0, len(source), batch_size)
+            ]).numpy()
+    finally:
+        net.train(was)
 
 
 def check_finite_output(out):

@@ -251,6 +251,21 @@ def _decode_feature_names(v):
     return np.asarray(v, dtype=object)
 
 
+def _positive_real_attr(v):
+    _check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+           and v > 0, "must be a positive number")
+    return float(v)
+
+
+def _range_test_attr(v):
+    if v is None:
+        return None
+    _check(isinstance(v, dict) and set(v) == {"lr", "loss"}, "must be {lr, loss} or null")
+    lrs, losses = _float_array_attr(v["lr"]), _float_array_attr(v["loss"])
+    _check(len(lrs) == len(losses), "needs lr and loss of one length")
+    return {"lr": lrs.tolist(), "loss": losses.tolist()}
+
+
 def _encode_plain(value):
     if isinstance(value, np.ndarray):
         value = value.tolist()
@@ -268,6 +283,8 @@ KINDS = {
     "names": (_encode_plain, _names_attr),
     "history": (_encode_plain, _history_attr),
     "cache_key": (_encode_plain, _key_attr),
+    "positive_real": (_encode_plain, _positive_real_attr),
+    "range_test": (_encode_plain, _range_test_attr),
     "input_spec": (lambda spec: encode(spec.to_dict()), InputSpec.from_dict),
     "labels": (_encode_classes, _decode_classes),
     "feature_names": (_encode_feature_names, _decode_feature_names),

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.utils import get_total_norm
 
 from ._data import collate_batch
+from ._schedules import LRSchedule, l2_sp_penalty, stage_param_groups, trained_backbone_anchors
 
 __all__ = [
     "TrainingConfig",
@@ -121,13 +122,15 @@ class _TransferSkorchNet(NeuralNet):
     """skorch ``NeuralNet`` that optimises only trainable parameters, survives Ctrl-C and runs
     its forward passes under autocast to ``precision`` (float16 with a gradient scaler)."""
 
-    def __init__(self, *args, precision="float32", **kwargs):
+    def __init__(self, *args, precision="float32", l2_sp=0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.precision = precision
+        self.l2_sp = l2_sp
 
     def initialize(self):
         super().initialize()
         self._mode_set = None
+        self._anchors = None
         self.grad_scaler_ = None
         if self.precision == "float16":
             self.grad_scaler_ = torch.amp.GradScaler(torch.device(self.device).type)
@@ -169,6 +172,15 @@ class _TransferSkorchNet(NeuralNet):
         with amp_context(self.device, self.precision):
             out = super().evaluation_step(batch, training=training)
         return out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        loss = super().get_loss(y_pred, y_true, X=X, training=training)
+        if not (training and self.l2_sp):
+            return loss
+        if getattr(self, "_anchors", None) is None:
+            # the weights this fit starts from (the pretrained ones): taken at its first step
+            self._anchors = trained_backbone_anchors(self.module_)
+        return loss + self.l2_sp * l2_sp_penalty(self._anchors)
 
     def get_all_learnable_params(self):
         for name, param in self.module_.named_parameters():
@@ -412,12 +424,20 @@ class TrainingConfig:
     patience: int = 5
     tol: float = 1e-4
     callbacks: list = field(default_factory=list)
+    lr_schedule: str = "constant"
+    layer_decay: float = 1.0
+    l2_sp: float = 0.0
 
 
-def training_callbacks(config, probe, *, validate=False, accuracy=False):
-    """The callbacks of a fit: the guard, early stopping on a validation split (``validate``),
-    validation accuracy (``accuracy``), a progress bar (``verbose >= 2``), the user's own."""
-    callbacks = [("guard", _Guard(probe))]
+def training_callbacks(config, probe, *, validate=False, accuracy=False, drop_last=False):
+    """The callbacks of a fit: the learning-rate schedule, the guard, early stopping on a
+    validation split (``validate``), validation accuracy (``accuracy``), a progress bar
+    (``verbose >= 2``), the user's own."""
+    callbacks = []
+    if config.lr_schedule != "constant":
+        callbacks.append(("lr_schedule", LRSchedule(config.lr_schedule, config.lr,
+                                                    config.momentum, drop_last=drop_last)))
+    callbacks.append(("guard", _Guard(probe)))
     if validate:
         if accuracy:
             callbacks.append(("valid_acc", _ValidAccuracy()))
@@ -436,6 +456,13 @@ def make_skorch_net(module, criterion, config, *, callbacks=(), train_split=None
                     drop_last=False):
     """The skorch net that trains ``module`` as ``config`` says."""
     optimizer_kwargs = {"weight_decay": config.weight_decay}
+    if config.layer_decay != 1.0 or config.l2_sp:
+        # the head at lr, earlier stages at lr x layer_decay**depth; with L2-SP the stages are
+        # pulled towards their starting weights and weight decay applies to the head only
+        optimizer_kwargs["param_groups"] = stage_param_groups(
+            module, config.lr, layer_decay=config.layer_decay,
+            head_weight_decay=config.weight_decay if config.l2_sp else None,
+        )
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD
         optimizer_kwargs["momentum"] = config.momentum
@@ -445,10 +472,12 @@ def make_skorch_net(module, criterion, config, *, callbacks=(), train_split=None
     # DataLoader workers (decoding, augmentation) are seeded by torch from a draw of the
     # generator, itself seeded from random_state: fits stay reproducible.
     generator = torch.Generator().manual_seed(config.seed)
-    cls, extra = _TransferSkorchNet, {"device": config.device, "precision": config.precision}
+    cls, extra = _TransferSkorchNet, {"device": config.device, "precision": config.precision,
+                                      "l2_sp": config.l2_sp}
     if config.accelerator is not None:
         # accelerate places the model and batches and runs the mixed precision itself
-        cls, extra = _AcceleratedSkorchNet, {"accelerator": config.accelerator, "device": None}
+        cls, extra = _AcceleratedSkorchNet, {"accelerator": config.accelerator, "device": None,
+                                             "l2_sp": config.l2_sp}
         # the epoch table from the main process only, and only with verbose
         extra["callbacks__print_log__sink"] = (
             config.accelerator.print if config.verbose else print

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -11,7 +13,7 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import column_or_1d
 
 from ._base import TransferEstimatorMixin
-from ._compat import StrOptions, _fit_context
+from ._compat import Interval, StrOptions, _fit_context
 
 __all__ = ["TransferClassifier"]
 
@@ -19,17 +21,36 @@ __all__ = ["TransferClassifier"]
 class WeightedCrossEntropy(torch.nn.Module):
     """Cross-entropy with per-class weights that scale each sample's loss, averaged over the
     batch (scikit-learn's meaning of ``class_weight``; torch's weighted mean divides by the
-    batch's total weight instead, which undoes the weighting in single-class batches)."""
+    batch's total weight instead, which undoes the weighting in single-class batches), and
+    optional label smoothing."""
 
-    def __init__(self, weight):
+    def __init__(self, weight=None, label_smoothing=0.0):
         super().__init__()
-        self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float32))
+        self.class_weights = None if weight is None else np.asarray(weight, dtype=np.float64)
+        self.label_smoothing = float(label_smoothing)
+        if weight is None:
+            self.weight = None
+        else:
+            self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float32))
 
     def forward(self, logits, target):
         losses = torch.nn.functional.cross_entropy(
-            logits, target, weight=self.weight, reduction="none"
+            logits, target, weight=self.weight, reduction="none",
+            label_smoothing=self.label_smoothing,
         )
         return losses.mean()
+
+
+class _Criterion:
+    """A picklable factory of :class:`WeightedCrossEntropy` that tells the fit recipe the
+    class weights (the linear-probe head start weights the classes the same way)."""
+
+    def __init__(self, class_weights, label_smoothing):
+        self.class_weights = class_weights
+        self.label_smoothing = label_smoothing
+
+    def __call__(self):
+        return WeightedCrossEntropy(self.class_weights, self.label_smoothing)
 
 
 class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator):
@@ -50,14 +71,39 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
     freeze_depth : int or "all", default=-1
         ``k >= 0`` freezes the first ``k`` stages (0 fine-tunes everything); ``-k`` trains only
         the last ``k`` stages; ``"all"`` trains the new head alone (a linear probe).
-    lr : float, default=0.01
-        Learning rate.
+    lr : float or "auto", default=0.01
+        Learning rate of the new head (the peak rate with a schedule). ``"auto"`` runs a
+        learning-rate range test on the training data first (fastai's ``lr_find`` with its
+        "valley" rule, on a copy of the network: up to 100 batches with the rate growing from
+        1e-7 to 10; see the user guide for its cost) and trains with the rate it suggests
+        (``lr_``).
+    lr_schedule : {"constant", "cosine", "onecycle"}, default="constant"
+        How the learning rate moves over the ``max_epochs`` epochs, set before every batch:
+        constant; cosine decay to 0 after a linear warm-up over the first 10 % of the steps
+        (timm); or fastai's one-cycle (from ``lr / 25`` up to ``lr`` over the first 25 %,
+        then down to ``lr / 1e5``, with the momentum cycling inversely down to 0.85/0.95 of
+        its value).
+    layer_decay : float in (0, 1], default=1.0
+        Discriminative learning rates: the trainable stages, counting back from the head, get
+        ``lr x layer_decay ** i`` (the last stage ``i = 1``), as timm's layer decay over the
+        stages that ``freeze_depth`` counts. 1.0 trains every stage at ``lr``.
+    head_init : {"random", "linear_probe"}, default="random"
+        How the new head starts. ``"linear_probe"`` fits a linear model (multinomial logistic
+        regression, ridge for the regressor) on the frozen pretrained features of the training
+        images first and starts from it (LP-FT, Kumar et al. 2022), so the first gradients
+        do not reach the pretrained stages at full strength. The features come from the
+        activation cache. With ``freeze_depth="all"`` the probe is the trained head: no
+        epoch runs.
     momentum : float, default=0.9
         SGD momentum (for ``optimizer="adamw"``: the first Adam beta).
     optimizer : {"sgd", "adamw"}, default="sgd"
         The optimiser.
     weight_decay : float, default=0.0
         L2 penalty (decoupled for AdamW).
+    l2_sp : float, default=0.0
+        Strength of L2-SP (Li et al. 2018): a penalty ``l2_sp / 2 x ||w - w0||^2`` that pulls
+        the trained stages' weights towards those they started from (the pretrained ones)
+        instead of towards 0. When it is on, ``weight_decay`` applies to the head only.
     max_epochs : int, default=10
         Passes over the training data.
     batch_size : int, default=32
@@ -88,6 +134,10 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         float: ``"trained"`` with that momentum.
     class_weight : dict, "balanced" or None, default=None
         Weights of the classes in the loss.
+    label_smoothing : float in [0, 1), default=0.0
+        Share of each target's probability spread evenly over the classes in the
+        cross-entropy (Szegedy et al. 2016), which keeps the network from growing
+        over-confident on few images.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training data (stratified, seeded) and stop
         when the validation loss has not improved by ``tol`` for ``n_iter_no_change`` epochs;
@@ -134,6 +184,9 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         Extra skorch callbacks (instances or ``(name, callback)`` tuples).
     warm_start : bool, default=False
         Continue from the previous fit instead of the pretrained weights and a fresh head.
+    tta : bool, default=False
+        Test-time augmentation: ``predict``, ``predict_proba`` and ``score`` average over the
+        images as given and flipped left-right (twice the prediction time).
 
     Attributes
     ----------
@@ -155,6 +208,12 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         Per-epoch ``train_loss`` (and ``valid_loss``, ``valid_acc`` with early stopping).
     n_iter_ : int
         Epochs run.
+    lr_ : float
+        The learning rate trained with: ``lr``, or the range test's suggestion for
+        ``lr="auto"``.
+    lr_range_test_ : dict or None
+        For ``lr="auto"``: the range test's curve, ``{"lr": [...], "loss": [...]}`` (the
+        smoothed training loss at each rate); ``None`` otherwise.
     n_features_in_ : int
         Values per sample seen in ``fit``.
     input_spec_ : InputSpec
@@ -194,6 +253,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
     _parameter_constraints = {
         **TransferEstimatorMixin._parameter_constraints,
         "class_weight": [dict, StrOptions({"balanced"}), None],
+        "label_smoothing": [Interval(numbers.Real, 0, 1, closed="left")],
     }
     _persisted = {**TransferEstimatorMixin._persisted, "classes_": "labels"}
     _is_classifier = True
@@ -205,9 +265,13 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         weights="DEFAULT",
         freeze_depth=-1,
         lr=0.01,
+        lr_schedule="constant",
+        layer_decay=1.0,
+        head_init="random",
         momentum=0.9,
         optimizer="sgd",
         weight_decay=0.0,
+        l2_sp=0.0,
         max_epochs=10,
         batch_size=32,
         input_size=None,
@@ -216,6 +280,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         augment=None,
         batchnorm="trained",
         class_weight=None,
+        label_smoothing=0.0,
         early_stopping=False,
         validation_fraction=0.1,
         n_iter_no_change=5,
@@ -230,14 +295,19 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         verbose=0,
         callbacks=None,
         warm_start=False,
+        tta=False,
     ):
         self.backbone = backbone
         self.weights = weights
         self.freeze_depth = freeze_depth
         self.lr = lr
+        self.lr_schedule = lr_schedule
+        self.layer_decay = layer_decay
+        self.head_init = head_init
         self.momentum = momentum
         self.optimizer = optimizer
         self.weight_decay = weight_decay
+        self.l2_sp = l2_sp
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.input_size = input_size
@@ -246,6 +316,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         self.augment = augment
         self.batchnorm = batchnorm
         self.class_weight = class_weight
+        self.label_smoothing = label_smoothing
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
@@ -260,6 +331,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         self.verbose = verbose
         self.callbacks = callbacks
         self.warm_start = warm_start
+        self.tta = tta
 
     # -- labels ---------------------------------------------------------------------------
 
@@ -314,9 +386,9 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
 
     def _criterion(self, y, attrs):
         weights = None if y is None else self._class_weights(attrs["classes_"], y)
-        if weights is None:
+        if weights is None and not self.label_smoothing:
             return torch.nn.CrossEntropyLoss
-        return lambda: WeightedCrossEntropy(weights)
+        return _Criterion(weights, self.label_smoothing)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -373,8 +445,8 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         >>> proba.shape, np.allclose(proba.sum(axis=1), 1.0)
         ((4, 2), True)
         """
-        logits = torch.from_numpy(self._forward(X))
-        return torch.softmax(logits.double(), dim=1).numpy()
+        logits = torch.from_numpy(self._forward(X)).double()
+        return torch.softmax(logits, dim=2).mean(0).numpy()
 
     def predict_log_proba(self, X):
         """Log of :meth:`predict_proba`, computed without underflow.
@@ -401,8 +473,9 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         >>> np.allclose(np.exp(clf.predict_log_proba(X[:4])), clf.predict_proba(X[:4]))
         True
         """
-        logits = torch.from_numpy(self._forward(X))
-        return torch.log_softmax(logits.double(), dim=1).numpy()
+        logits = torch.from_numpy(self._forward(X)).double()
+        log_proba = torch.log_softmax(logits, dim=2)
+        return (torch.logsumexp(log_proba, dim=0) - np.log(len(log_proba))).numpy()
 
     def predict(self, X):
         """Predicted labels, from ``classes_``.
@@ -429,4 +502,8 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         ((4,), True)
         """
         scores = self._forward(X)
+        if len(scores) > 1:  # test-time augmentation: the mean probability decides
+            scores = torch.softmax(torch.from_numpy(scores).double(), dim=2).mean(0).numpy()
+        else:
+            scores = scores[0]
         return self.classes_[np.argmax(scores, axis=1)]

@@ -313,7 +313,8 @@ class ImageSource:
 
     def _bad_images_error(self, bad, *, fitting=False, remedy="Fix or remove them"):
         if fitting:
-            remedy += ", or pass on_bad_image='skip' to train without them"
+            remedy += (", or leave them out with sktransfer.images.drop_unreadable(X, y) (or "
+                       "load_image_folder(..., on_bad_image='skip'))")
         return bad_images_error(
             [name_of(self.items, i) for i, _ in bad], [reason for _, reason in bad],
             len(self.items), remedy,

@@ -29,14 +29,23 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         Pretrained weights (see :class:`TransferClassifier`).
     freeze_depth : int or "all", default=-1
         Frozen stages (see :class:`TransferClassifier`).
-    lr : float, default=0.01
-        Learning rate.
+    lr : float or "auto", default=0.01
+        Learning rate; ``"auto"`` runs a range test first (see :class:`TransferClassifier`).
+    lr_schedule : {"constant", "cosine", "onecycle"}, default="constant"
+        Learning-rate schedule over the epochs (see :class:`TransferClassifier`).
+    layer_decay : float in (0, 1], default=1.0
+        Per-stage learning-rate decay, counting back from the head.
+    head_init : {"random", "linear_probe"}, default="random"
+        ``"linear_probe"`` starts from a ridge regression fitted on the frozen features.
     momentum : float, default=0.9
         SGD momentum.
     optimizer : {"sgd", "adamw"}, default="sgd"
         The optimiser.
     weight_decay : float, default=0.0
         L2 penalty.
+    l2_sp : float, default=0.0
+        Pull of the trained stages towards their pretrained weights (L2-SP); when on,
+        ``weight_decay`` applies to the head only.
     max_epochs : int, default=10
         Passes over the training data.
     batch_size : int, default=32
@@ -82,6 +91,8 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         Extra skorch callbacks.
     warm_start : bool, default=False
         Continue from the previous fit.
+    tta : bool, default=False
+        Average predictions over the images and their left-right flips.
 
     Attributes
     ----------
@@ -103,6 +114,10 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         Per-epoch losses (on standardised targets).
     n_iter_ : int
         Epochs run.
+    lr_ : float
+        The learning rate trained with.
+    lr_range_test_ : dict or None
+        The range test's curve for ``lr="auto"``.
     n_features_in_ : int
         Values per sample seen in ``fit``.
     input_spec_ : InputSpec
@@ -153,9 +168,13 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         weights="DEFAULT",
         freeze_depth=-1,
         lr=0.01,
+        lr_schedule="constant",
+        layer_decay=1.0,
+        head_init="random",
         momentum=0.9,
         optimizer="sgd",
         weight_decay=0.0,
+        l2_sp=0.0,
         max_epochs=10,
         batch_size=32,
         input_size=None,
@@ -177,14 +196,19 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         verbose=0,
         callbacks=None,
         warm_start=False,
+        tta=False,
     ):
         self.backbone = backbone
         self.weights = weights
         self.freeze_depth = freeze_depth
         self.lr = lr
+        self.lr_schedule = lr_schedule
+        self.layer_decay = layer_decay
+        self.head_init = head_init
         self.momentum = momentum
         self.optimizer = optimizer
         self.weight_decay = weight_decay
+        self.l2_sp = l2_sp
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.input_size = input_size
@@ -206,6 +230,7 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         self.verbose = verbose
         self.callbacks = callbacks
         self.warm_start = warm_start
+        self.tta = tta
 
     def _encode_y(self, y, n_samples):
         y = np.asarray(y) if not hasattr(y, "to_numpy") else y.to_numpy()
@@ -302,7 +327,7 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         >>> reg.fit(X, Y[:, 0]).predict(X[:3]).shape
         (3,)
         """
-        out = self._forward(X).astype(np.float64)
+        out = self._forward(X).astype(np.float64).mean(0)
         out = self.y_scaler_.inverse_transform(out)
         return out.ravel() if self.y_ndim_ == 1 else out
 

@@ -312,8 +312,8 @@ def test_skip_mode_warns_naming_the_files_and_drops_their_targets(dataset, files
     bad = [str(files[name]) for name in BAD]
     truncated_flag = ImageFile.LOAD_TRUNCATED_IMAGES
     with pytest.warns(UserWarning, match="Skipped 4 of 28 images") as record:
-        clf = _clf(on_bad_image="skip", max_epochs=1).fit(paths + bad,
-                                                         list(y) + ["unreadable"] * 4)
+        X_kept, y_kept = drop_unreadable(paths + bad, list(y) + ["unreadable"] * 4)
+    clf = _clf(max_epochs=1).fit(X_kept, y_kept)
     message = " ".join(str(w.message) for w in record)
     assert all(path in message for path in bad)
     assert "unreadable" not in set(clf.classes_)
@@ -361,11 +361,13 @@ def test_drop_unreadable_errors(files):
 def test_decompression_bomb_propagates_and_global_flags_stay(files, monkeypatch):
     flag = ImageFile.LOAD_TRUNCATED_IMAGES
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the 160x120 photo is > 2x that
-    for policy in ("raise", "skip"):
+    bombs = [str(files["photo.png"])] * 4
+    for load in (lambda: _clf().fit(bombs, [0, 1] * 2),  # fit's own check
+                 lambda: drop_unreadable(bombs, [0, 1] * 2)):  # skipping never swallows one
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with pytest.raises(Image.DecompressionBombError, match="decompression bomb"):
-                _clf(on_bad_image=policy).fit([str(files["photo.png"])] * 4, [0, 1] * 2)
+                load()
     assert Image.MAX_IMAGE_PIXELS == 1000
     assert ImageFile.LOAD_TRUNCATED_IMAGES is flag
 
