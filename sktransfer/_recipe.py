@@ -21,7 +21,7 @@ __all__ = ["PROBE_C", "PROBE_ALPHA", "fit_probe_head"]
 
 #: Inverse L2 strength of the probe's logistic regression, and the ridge penalty (per sample).
 PROBE_C = 1.0
-PROBE_ALPHA = 1.0
+PROBE_ALPHA = 0.01
 
 
 def fit_probe_head(head, features, y, *, classifier, class_weight=None):
