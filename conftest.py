@@ -14,6 +14,11 @@ import pytest
 # when it is imported: set here, before any test module imports it, it makes a missing file
 # fail at once from the local cache instead of after 46 s of retries on the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# One torch thread, read by torch at import as well. On a 2-core machine that other jobs share,
+# OpenMP threads waiting on each other make a fit of a tiny network 10 to 100 times slower
+# (1.6 s instead of 0.02 s), and no test measures speed. `OMP_NUM_THREADS=2 pytest` overrides
+# it; the tests whose subject is the thread count set it themselves.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _has_fashion_mnist():
