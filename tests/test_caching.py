@@ -244,6 +244,7 @@ _SECOND_PROCESS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a second Python process
 def test_memory_folder_shares_activations_between_processes(tiny_images, tmp_path):
     X, y = tiny_images
     folder = tmp_path / "acts"

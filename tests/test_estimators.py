@@ -192,6 +192,7 @@ def test_input_size_resizes_per_batch(tiny_images):
 # -- search, clone, restarts --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # n_jobs=2 starts worker processes
 def test_gridsearch_over_freeze_depth_lr_momentum_n_jobs_1_equals_2(tiny_images):
     X, y = tiny_images
     grid = {"freeze_depth": ["all", -1], "lr": [0.1, 0.01], "momentum": [0.9, 0.0]}
