@@ -42,7 +42,7 @@ def test_divergence_stops_with_floating_point_error_and_leaves_the_estimator_unf
     with pytest.raises(FloatingPointError, match=r"epoch \d+.*batch \d+") as info:
         clf.fit(X, y)
     assert "lr" in str(info.value)
-    with pytest.raises(NotFittedError):
+    with pytest.raises(NotFittedError, match="instance is not fitted yet"):
         clf.predict_proba(X)
 
 
