@@ -27,13 +27,14 @@ demo: $(VENV)/.stamp-test data
 	$(PY) examples/demo.py
 
 # The whole suite, then the documentation (its gallery runs the examples), so a broken
-# example fails too.
+# example fails too. --durations lists the 15 slowest tests: what grew shows in CI's log.
 test: $(VENV)/.stamp-test $(VENV)/.stamp-docs data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 	$(MAKE) --no-print-directory docs
 
+# Leaves out the tests marked slow (subprocesses, worker processes, real-weights sweeps).
 test-fast: $(VENV)/.stamp-test
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --durations=15
 
 bench: $(VENV)/.stamp-test data
 	$(PY) benchmarks/run_all.py

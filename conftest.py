@@ -6,8 +6,23 @@ lacks one, they are reported as skipped with the reason and the command that ins
 """
 
 import importlib.util
+import os
 
 import pytest
+
+# Tests never download. huggingface_hub (timm's pretrained weights) reads HF_HUB_OFFLINE once,
+# when it is imported: set here, before any test module imports it, it makes a missing file
+# fail at once from the local cache instead of after 46 s of retries on the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+# One torch thread, read by torch at import as well. On a 2-core machine that other jobs share,
+# OpenMP threads waiting on each other make a fit of a tiny network 10 to 100 times slower
+# (1.6 s instead of 0.02 s), and no test measures speed. `OMP_NUM_THREADS=2 pytest` overrides
+# it; the few tests that need 2 threads set them (fixture two_torch_threads, tests/conftest.py).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Where a test uses more threads (two_torch_threads, or OMP_NUM_THREADS=2 pytest), idle OpenMP
+# threads sleep instead of spinning: on a busy machine the spinning thread takes the core the
+# working one needs (the 2-thread EfficientNet-Lite0 cache sweep: 168 s spinning, 19 s passive).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _has_fashion_mnist():

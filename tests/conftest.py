@@ -14,6 +14,15 @@ def _seed():
     yield
 
 
+@pytest.fixture
+def two_torch_threads():
+    """torch on 2 threads during the test; the suite runs on 1 (see the root conftest.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def device(request):
     if request.param == "cuda" and not torch.cuda.is_available():

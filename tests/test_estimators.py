@@ -193,6 +193,7 @@ def test_input_size_resizes_per_batch(tiny_images):
 # -- search, clone, restarts --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # n_jobs=2 starts worker processes
 def test_gridsearch_over_freeze_depth_lr_momentum_n_jobs_1_equals_2(tiny_images):
     X, y = tiny_images
     grid = {"freeze_depth": ["all", -1], "lr": [0.1, 0.01], "momentum": [0.9, 0.0]}
@@ -242,10 +243,10 @@ def test_same_random_state_gives_bitwise_identical_predictions(tiny_images):
     assert not np.array_equal(a, c)
 
 
-def test_fit_and_predict_leave_global_rng_state_as_found(tiny_images):
+def test_fit_and_predict_leave_global_rng_state_as_found(tiny_images, two_torch_threads):
     X, y = tiny_images
     states = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads()  # 2: a fit that set torch to 1 thread would show
     clf = _clf(random_state=None).fit(X, y)
     clf.predict_proba(X)
     assert torch.equal(torch.get_rng_state(), states[0])

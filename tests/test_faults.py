@@ -42,7 +42,7 @@ def test_divergence_stops_with_floating_point_error_and_leaves_the_estimator_unf
     with pytest.raises(FloatingPointError, match=r"epoch \d+.*batch \d+") as info:
         clf.fit(X, y)
     assert "lr" in str(info.value)
-    with pytest.raises(NotFittedError):
+    with pytest.raises(NotFittedError, match="instance is not fitted yet"):
         clf.predict_proba(X)
 
 
@@ -244,13 +244,30 @@ def test_early_stopping_stops_and_restores_the_best_epoch(record):
     assert not np.allclose(clf.predict_proba(X), record.epochs[-1][1], atol=1e-4)
 
 
+class _Accuracy(Callback):
+    """Recomputes, after each epoch, the accuracy on the validation set by skorch's own
+    evaluation steps (a class attribute: the estimator copies its callbacks)."""
+
+    accuracies = []
+
+    def on_epoch_end(self, net, dataset_valid=None, **kwargs):
+        correct = n = 0
+        for batch in net.get_iterator(dataset_valid, training=False):
+            y_pred = net.evaluation_step(batch, training=False)
+            correct += int((y_pred.argmax(1).cpu() == batch[1]).sum())
+            n += len(batch[1])
+        _Accuracy.accuracies.append(correct / n)
+
+
 def test_early_stopping_history_has_per_epoch_losses_and_accuracy(data):
     X, y = data
-    clf = _cnn(early_stopping=True, max_epochs=3, n_iter_no_change=5).fit(X, y)
+    _Accuracy.accuracies.clear()
+    clf = _cnn(early_stopping=True, max_epochs=3, n_iter_no_change=5, lr=0.3,  # it learns:
+               callbacks=[_Accuracy()]).fit(X, y)  # the accuracy differs from epoch to epoch
     assert len(clf.history_) == 3
     for row in clf.history_:
         assert {"train_loss", "valid_loss", "valid_acc"} <= set(row)
-        assert 0 <= row["valid_acc"] <= 1
+    assert [row["valid_acc"] for row in clf.history_] == _Accuracy.accuracies
 
 
 def test_early_stopping_split_is_stratified_and_seeded(record):

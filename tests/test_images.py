@@ -11,7 +11,7 @@ import skimage.data
 import torch
 from PIL import Image, ImageFile
 from sklearn.datasets import load_sample_images
-from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
 from skorch.callbacks import Callback
 
 import sktransfer.backbones
@@ -277,7 +277,13 @@ def test_model_selection_slices_path_lists(dataset):
     paths, y = dataset
     scores = cross_val_score(_clf(max_epochs=1), np.array(paths, dtype=object), y, cv=2,
                              error_score="raise")
-    assert scores.shape == (2,) and np.all((scores >= 0) & (scores <= 1))
+    y = np.asarray(y)
+    by_hand = [  # the same folds, sliced by hand as lists of paths
+        _clf(max_epochs=1).fit([paths[i] for i in train], y[train])
+        .score([paths[i] for i in test], y[test])
+        for train, test in StratifiedKFold(2).split(paths, y)
+    ]
+    np.testing.assert_array_equal(scores, by_hand)
     search = GridSearchCV(_clf(max_epochs=1), {"lr": [0.01, 0.1]}, cv=2, refit=False,
                           error_score="raise").fit(paths, y)
     assert len(search.cv_results_["mean_test_score"]) == 2

@@ -310,6 +310,7 @@ def images():
     return X, y
 
 
+@pytest.mark.slow  # a cluster of two worker processes
 def test_grid_search_on_dask_workers_matches_one_process(dask_client, images, tmp_path):
     X, y = images
     base = _clf(max_epochs=1)
@@ -336,6 +337,7 @@ def test_grid_search_on_dask_workers_matches_one_process(dask_client, images, tm
     assert cache_info()["computed"] == computed  # read from the workers' folder
 
 
+@pytest.mark.slow  # a cluster of two worker processes
 def test_randomized_search_on_dask_workers_matches_one_process(dask_client, images):
     X, y = images
     base = _clf(max_epochs=1, freeze_depth=0)  # nothing frozen, nothing cached
@@ -355,6 +357,7 @@ def test_randomized_search_on_dask_workers_matches_one_process(dask_client, imag
 # -- the GPU check script -------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a subprocess that imports everything and runs several fits
 def test_gpu_check_runs_its_cpu_part_and_says_what_was_not_measured():
     # one thread: the figures are not the point here, and on a busy machine OpenMP threads
     # waiting on each other slow tiny batches down tenfold

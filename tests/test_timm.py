@@ -1,4 +1,7 @@
-"""timm as a backbone source, offline: random init and a local checkpoint."""
+"""timm as a backbone source, offline: random init, a local checkpoint, and the error when
+pretrained weights are not in the local cache (never a network attempt)."""
+
+import socket
 
 import numpy as np
 import pytest
@@ -34,10 +37,24 @@ def test_timm_random_init_and_local_checkpoint_fit(tmp_path, tiny_images):
 
 
 def test_timm_pretrained_offline_error_names_remedies(monkeypatch, tmp_path):
+    # huggingface_hub reads HF_HUB_OFFLINE and HF_HOME once, at import (conftest.py sets the
+    # first before that): the values it uses are patched, the environment only follows them
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty cache
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    connections = []
+
+    def no_network(*args, **kwargs):
+        connections.append(args)
+        raise OSError("the test tried to reach the network")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
     with pytest.raises(ValueError, match=r"not available offline.*weights=None"):
         get_backbone("timm:resnet18", weights="DEFAULT")
+    assert connections == []
 
 
 def test_unknown_timm_model():
