@@ -27,6 +27,7 @@ from . import caching
 from ._compat import HasMethods, Interval, StrOptions, check_feature_names, get_feature_names
 from ._data import ArrayDataset, ArraySource, check_input, check_same_input, make_source
 from ._freezing import n_frozen_stages
+from ._lr_finder import lr_range_test
 from ._network import (
     batchnorm_policy,
     build_network,
@@ -35,7 +36,6 @@ from ._network import (
     load_fitted_state,
     native_input_size,
 )
-from ._lr_finder import lr_range_test
 from ._recipe import fit_probe_head
 from ._runtime import (
     batched_features,
@@ -227,6 +227,16 @@ def _torch_dtype(name):
 # Fine-tuning estimators
 # ---------------------------------------------------------------------------------------------
 
+
+@dataclasses.dataclass
+class _TrainingData:
+    train: ArrayDataset
+    valid: ArrayDataset | None
+    train_idx: np.ndarray
+    drop_last: bool
+    cache_key: str | None
+    probe: torch.Tensor  # a raw input batch, for the guard's eval-mode check
+
 _FINE_TUNING_CONSTRAINTS = {
     **_BACKBONE_CONSTRAINTS,
     "freeze_depth": [
@@ -275,7 +285,7 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         "n_iter_": "count",
         "cache_key_": "cache_key",
         "interrupted_": "bool",
-        "lr_": "positive_real",
+        "lr_": "optional_positive_real",
         "lr_range_test_": "range_test",
     }
     _is_classifier = False
@@ -305,7 +315,8 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
                 device = str(accelerator.device)
             torch.manual_seed(seed)
             fitted = self._train(X, y_enc, spec, criterion, TrainingConfig(
-                lr=self.lr if self.lr != "auto" else 0.0, max_epochs=self.max_epochs, batch_size=self.batch_size, seed=seed,
+                lr=self.lr if self.lr != "auto" else 0.0, max_epochs=self.max_epochs,
+                batch_size=self.batch_size, seed=seed,
                 device=device, optimizer=self.optimizer, momentum=self.momentum,
                 weight_decay=self.weight_decay, precision=self.precision,
                 num_workers=self.num_workers, compile=self.compile, verbose=self.verbose,
@@ -322,67 +333,68 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         return self
 
     def _train(self, X, y, spec, criterion, config):
+        """Build (or copy) the network, prepare the data, start the head, train: the fitted
+        attributes, set by ``_fit`` only once everything succeeded."""
         src = make_source(X, spec)
         sample = src.batch(np.arange(min(len(src), 2)))
         net, info, warm = self._start_network(spec, y, sample)
         net.to(config.device)
+        data = self._training_data(net, src, spec, y, info, config, warm=warm, sample=sample)
+        fitted = {**info, "module_": net, "stage_names_": list(net.stages._modules),
+                  "cache_key_": data.cache_key, "lr_range_test_": None}
+        if self.head_init == "linear_probe" and not warm:
+            self._probe_head(net, src, spec, info, y, criterion, data.train_idx, config)
+            if info["n_frozen_stages_"] == len(net.stages):
+                # the whole backbone is frozen: the probe is the trained head, no epoch runs
+                net.eval()
+                return {**fitted, "net_": self._wrap_in_skorch(net, config, criterion, []),
+                        "history_": [], "n_iter_": 0, "interrupted_": False, "lr_": None}
+        if self.lr == "auto":
+            test = lr_range_test(net, criterion, data.train, config, drop_last=data.drop_last)
+            config = dataclasses.replace(config, lr=test["lr"])
+            fitted["lr_range_test_"] = {"lr": test["lrs"], "loss": test["losses"]}
+            if self.verbose:
+                print(f"lr='auto': range test of {test['steps']} steps in "
+                      f"{test['seconds']:.1f} s suggests lr={test['lr']:.3g}")
+        skorch_net, interrupted = self._run_skorch(net, criterion, config, data)
+        return {**fitted, "net_": skorch_net, "history_": history_rows(skorch_net.history),
+                "n_iter_": len(skorch_net.history), "interrupted_": interrupted,
+                "lr_": float(config.lr)}
+
+    def _training_data(self, net, src, spec, y, info, config, *, warm, sample):
+        """The training (and validation) sets: cached outputs of the frozen stages where
+        that is exact, augmented images where asked."""
         k = info["n_frozen_stages_"]
         train_idx, valid_idx = self._split(y, config.seed)
         drop_last = self._check_batchnorm_batches(net, k, len(train_idx))
         augmenter = make_augmenter(self.augment, spec)
         if augmenter is not None:
             augmenter.check(sample)
-        cached = self.cache is not False and not warm and augmenter is None and (
-            frozen_prefix_is_exact(net, k))
         inputs, cache_key = src, None
-        if cached:
+        if self.cache is not False and not warm and augmenter is None and (
+                frozen_prefix_is_exact(net, k)):
             inputs, cache_key = self._cached_prefix(net, k, src, spec, info, config)
-        train_ds = ArrayDataset(inputs, y, transform=augmenter)
-        train_split = None
-        if valid_idx is not None:
-            train_ds = ArrayDataset(inputs.take(train_idx), y[train_idx], transform=augmenter)
-            train_split = predefined_split(ArrayDataset(inputs.take(valid_idx), y[valid_idx]))
-        probed = False
-        if self.head_init == "linear_probe" and not warm:
-            probed = self._probe_head(net, src, spec, info, y, criterion, train_idx, config)
-        if probed and k == len(net.stages):
-            # the whole backbone is frozen: the probe is the trained head, no epoch to run
-            net.eval()
-            return {**info, "net_": self._wrap_in_skorch(net, config, criterion, []),
-                    "module_": net, "stage_names_": list(net.stages._modules),
-                    "history_": [], "n_iter_": 0, "cache_key_": cache_key,
-                    "interrupted_": False, "lr_": float(config.lr or self._default_lr()),
-                    "lr_range_test_": None}
-        range_test = None
-        if self.lr == "auto":
-            range_test = lr_range_test(net, criterion, train_ds, config, drop_last=drop_last)
-            config = dataclasses.replace(config, lr=range_test["lr"])
-            if self.verbose:
-                print(f"lr='auto': range test of {range_test['steps']} steps in "
-                      f"{range_test['seconds']:.1f} s suggests lr={range_test['lr']:.3g}")
-        callbacks = training_callbacks(config, sample, validate=valid_idx is not None,
-                                       accuracy=self._is_classifier, drop_last=drop_last)
-        skorch_net = make_skorch_net(net, criterion, config, callbacks=callbacks,
-                                     train_split=train_split, drop_last=drop_last)
+        if valid_idx is None:
+            train, valid = ArrayDataset(inputs, y, transform=augmenter), None
+        else:
+            train = ArrayDataset(inputs.take(train_idx), y[train_idx], transform=augmenter)
+            valid = ArrayDataset(inputs.take(valid_idx), y[valid_idx])
+        return _TrainingData(train, valid, train_idx, drop_last, cache_key, sample)
+
+    def _run_skorch(self, net, criterion, config, data):
+        callbacks = training_callbacks(config, data.probe, validate=data.valid is not None,
+                                       accuracy=self._is_classifier, drop_last=data.drop_last)
+        skorch_net = make_skorch_net(
+            net, criterion, config, callbacks=callbacks, drop_last=data.drop_last,
+            train_split=None if data.valid is None else predefined_split(data.valid),
+        )
         try:
-            interrupted = run_training(skorch_net, train_ds, batch_size=self.batch_size)
+            interrupted = run_training(skorch_net, data.train, batch_size=self.batch_size)
         finally:
             net.start = 0
         net.eval()
         release_training_state(skorch_net, config.device)
-        return {
-            **info,
-            "net_": skorch_net,
-            "module_": net,
-            "stage_names_": list(net.stages._modules),
-            "history_": history_rows(skorch_net.history),
-            "n_iter_": len(skorch_net.history),
-            "cache_key_": cache_key,
-            "interrupted_": interrupted,
-            "lr_": float(config.lr),
-            "lr_range_test_": None if range_test is None else {
-                "lr": range_test["lrs"], "loss": range_test["losses"]},
-        }
+        return skorch_net, interrupted
 
     def _probe_head(self, net, src, spec, info, y, criterion, train_idx, config):
         """Linear-probe head start: the head set to a linear model fitted on the pretrained
@@ -473,12 +485,12 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         """A skorch net around an already trained module (after unpickling or loading, or
         when no epoch was run)."""
         if config is None:
-            config = TrainingConfig(lr=self.lr_, max_epochs=self.max_epochs,
+            config = TrainingConfig(lr=self.lr_ or 0.0, max_epochs=self.max_epochs,
                                     batch_size=self.batch_size, seed=0, device=self.device_,
                                     optimizer=self.optimizer, momentum=self.momentum,
                                     weight_decay=self.weight_decay, precision=self.precision,
                                     num_workers=self.num_workers, compile=self.compile)
-        if config.lr == 0.0:
+        if not config.lr:
             config = dataclasses.replace(config, lr=self._default_lr())
         criterion = self._criterion(None, None) if criterion is None else criterion
         skorch_net = make_skorch_net(module, criterion, config)

@@ -208,9 +208,10 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         Per-epoch ``train_loss`` (and ``valid_loss``, ``valid_acc`` with early stopping).
     n_iter_ : int
         Epochs run.
-    lr_ : float
+    lr_ : float or None
         The learning rate trained with: ``lr``, or the range test's suggestion for
-        ``lr="auto"``.
+        ``lr="auto"``; ``None`` when no epoch ran (``head_init="linear_probe"`` with
+        ``freeze_depth="all"``).
     lr_range_test_ : dict or None
         For ``lr="auto"``: the range test's curve, ``{"lr": [...], "loss": [...]}`` (the
         smoothed training loss at each rate); ``None`` otherwise.

@@ -45,7 +45,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._spec import InputSpec
 from ._decode import (
     PROPAGATE,
     Unreadable,
@@ -60,6 +59,7 @@ from ._decode import (
     read_bytes,
     unreadable_reason,
 )
+from ._spec import InputSpec
 
 __all__ = ["BadImageError", "decode_image", "drop_unreadable", "is_image_list", "load_images"]
 

@@ -114,8 +114,8 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         Per-epoch losses (on standardised targets).
     n_iter_ : int
         Epochs run.
-    lr_ : float
-        The learning rate trained with.
+    lr_ : float or None
+        The learning rate trained with (``None`` when no epoch ran).
     lr_range_test_ : dict or None
         The range test's curve for ``lr="auto"``.
     n_features_in_ : int
