@@ -36,7 +36,7 @@ test: $(VENV)/.stamp-test $(VENV)/.stamp-docs data
 test-fast: $(VENV)/.stamp-test
 	$(PY) -m pytest -q -m "not slow" --durations=15
 
-bench: $(VENV)/.stamp-test data
+bench: $(VENV)/.stamp-bench data
 	$(PY) benchmarks/run_all.py
 
 docs: $(VENV)/.stamp-docs data

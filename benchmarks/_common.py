@@ -28,6 +28,12 @@ from sktransfer._efficientnet_lite import efficientnet_lite0
 
 N_CLASSES = 10
 
+#: The training recipe these benchmarks measure the machinery with: the plain one of the design
+#: document (constant rate, random head, no test-time augmentation), whatever the estimators'
+#: defaults are, so that both sides of each comparison do the same work.
+PLAIN_RECIPE = dict(lr_schedule="constant", layer_decay=1.0, head_init="random",
+                    label_smoothing=0.0, l2_sp=0.0, tta=False)
+
 
 # -- command line ------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import time
 
 import torch
 from _common import (
+    PLAIN_RECIPE,
     Timer,
     load_data,
     loadavg,
@@ -71,7 +72,7 @@ def main(argv=None):
             TransferClassifier(
                 "efficientnet_lite0", freeze_depth=0, lr=0.001, momentum=0.9,
                 max_epochs=epochs, batch_size=32, input_size=size, random_state=rep,
-                callbacks=[("clock", clock)],
+                callbacks=[("clock", clock)], **PLAIN_RECIPE,
             ).fit(X, y)
         skt_fits.append(t.seconds)
         skt_epochs.extend(clock.times)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from _common import (
+    PLAIN_RECIPE,
     Timer,
     load_data,
     loadavg,
@@ -133,7 +134,7 @@ def skorch_search(X, y, *, epochs, size, cv, grid, module=Lite0Classifier):
 def sktransfer_search(X, y, *, epochs, size, cv, grid):
     clf = TransferClassifier(
         "efficientnet_lite0", max_epochs=epochs, batch_size=32, input_size=size,
-        random_state=Lite0SameTraining.SEED,
+        random_state=Lite0SameTraining.SEED, **PLAIN_RECIPE,
     )
     return GridSearchCV(clf, grid, cv=cv, refit=False, error_score="raise").fit(X, y)
 

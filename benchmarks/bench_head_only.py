@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from _common import (
+    PLAIN_RECIPE,
     Timer,
     load_data,
     loadavg,
@@ -58,6 +59,7 @@ def main(argv=None):
             clf = TransferClassifier(
                 "efficientnet_lite0", freeze_depth="all", lr=0.001, momentum=0.9,
                 max_epochs=epochs, batch_size=32, input_size=size, random_state=rep,
+                **PLAIN_RECIPE,
             ).fit(X, y)
         skt_times.append(t.seconds)
         if rep == 0:

@@ -21,7 +21,16 @@ import json
 import subprocess
 import sys
 
-from _common import load_data, loadavg, max_rss_mb, parse_args, report, rss_mb, verdict
+from _common import (
+    PLAIN_RECIPE,
+    load_data,
+    loadavg,
+    max_rss_mb,
+    parse_args,
+    report,
+    rss_mb,
+    verdict,
+)
 
 MB = 1e6  # bytes; the figures are in MB of 10**6 bytes
 FIXED_COST_IMAGES = 100
@@ -36,7 +45,7 @@ def child_fit(n, size, cache):
     X, y, _, _, _ = load_data(n, 10)
     before = rss_mb()
     TransferClassifier("efficientnet_lite0", input_size=size, max_epochs=1, cache=cache,
-                       random_state=0).fit(X, y)
+                       random_state=0, **PLAIN_RECIPE).fit(X, y)
     return {
         "before": before, "peak": max_rss_mb(), "data": X.nbytes / MB,
         "cache": cache_info()["nbytes"] / MB, "n": len(X),

@@ -15,7 +15,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from _common import Timer, load_data, loadavg, median, parse_args, report, verdict, warm_up
+from _common import (
+    PLAIN_RECIPE,
+    Timer,
+    load_data,
+    loadavg,
+    median,
+    parse_args,
+    report,
+    verdict,
+    warm_up,
+)
 
 from sktransfer import TransferClassifier
 from sktransfer.caching import clear_cache
@@ -43,7 +53,8 @@ def main(argv=None):
     if not args.quick:  # a smoke run measures nothing
         warm_up(size)
     clf = TransferClassifier(
-        "efficientnet_lite0", freeze_depth="all", max_epochs=1, input_size=size, random_state=0
+        "efficientnet_lite0", freeze_depth="all", max_epochs=1, input_size=size, random_state=0,
+        **PLAIN_RECIPE,
     ).fit(X, y)
 
     def plain(Xc):

@@ -48,6 +48,9 @@ TOLERANCE = 1e-5  # float32 model: CUDA vs CPU kernels differ by rounding only
 
 FULL = dict(size=224, n_train=2048, n_predict=4096, batch_size=64, epochs=3)
 TINY = dict(size=32, n_train=8, n_predict=8, batch_size=8, epochs=1)
+# the plain recipe, whatever the estimators' defaults (as benchmarks/_common.PLAIN_RECIPE)
+PLAIN_RECIPE = dict(lr_schedule="constant", layer_decay=1.0, head_init="random",
+                    label_smoothing=0.0, l2_sp=0.0, tta=False)
 
 
 def parse_args(argv=None):
@@ -88,7 +91,7 @@ def estimator(cfg, device, precision, epochs):
     return TransferClassifier(
         "efficientnet_lite0", weights="DEFAULT", freeze_depth=0, lr=0.01, momentum=0.9,
         batch_size=cfg["batch_size"], max_epochs=epochs, cache=False, device=device,
-        precision=precision, random_state=0,
+        precision=precision, random_state=0, **PLAIN_RECIPE,
     )
 
 

@@ -29,6 +29,7 @@ BENCHMARKS = [
     "bench_predict",
     "bench_memory",
     "bench_throughput",
+    "bench_recipe",
 ]
 README = os.path.join(HERE, "README.md")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
