@@ -59,7 +59,7 @@ from ._training import (
     run_training,
     training_callbacks,
 )
-from .augment import make_augmenter
+from .augment import CachedFlips, make_augmenter
 from .images import is_image_list
 
 __all__ = ["BackboneEstimatorMixin", "TransferEstimatorMixin"]
@@ -253,7 +253,7 @@ _FINE_TUNING_CONSTRAINTS = {
     "optimizer": [StrOptions({"sgd", "adamw"})],
     "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
     "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
-    "augment": [StrOptions({"light"}), callable, None],
+    "augment": [StrOptions({"flip", "light"}), callable, None],
     "batchnorm": [
         StrOptions({"trained", "all", "checkpoint"}),
         Interval(numbers.Real, 0, 1, closed="both"),
@@ -367,12 +367,18 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         k = info["n_frozen_stages_"]
         train_idx, valid_idx = self._split(y, config.seed)
         drop_last = self._check_batchnorm_batches(net, k, len(train_idx))
+        cachable = self.cache is not False and not warm and frozen_prefix_is_exact(net, k)
+        if self.augment == "flip" and cachable:
+            data = self._cached_flips(net, k, src, spec, y, info, config, train_idx, valid_idx)
+            if data is not None:
+                train, valid, key = data
+                return _TrainingData(train, valid, train_idx, drop_last, key, sample)
         augmenter = make_augmenter(self.augment, spec)
         if augmenter is not None:
-            augmenter.check(sample)
+            with torch.random.fork_rng(devices=[]):  # the check draws nothing training sees
+                augmenter.check(sample)
         inputs, cache_key = src, None
-        if self.cache is not False and not warm and augmenter is None and (
-                frozen_prefix_is_exact(net, k)):
+        if cachable and augmenter is None:
             inputs, cache_key = self._cached_prefix(net, k, src, spec, info, config)
         if valid_idx is None:
             train, valid = ArrayDataset(inputs, y, transform=augmenter), None
@@ -380,6 +386,24 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
             train = ArrayDataset(inputs.take(train_idx), y[train_idx], transform=augmenter)
             valid = ArrayDataset(inputs.take(valid_idx), y[valid_idx])
         return _TrainingData(train, valid, train_idx, drop_last, cache_key, sample)
+
+    def _cached_flips(self, net, k, src, spec, y, info, config, train_idx, valid_idx):
+        """``augment="flip"`` on cached outputs of the frozen stages for each image and its
+        mirror image: ``(train, valid, cache_key)``, or ``None`` over the cache budget."""
+        if spec.kind != "image":
+            make_augmenter(self.augment, spec)  # says that vectors cannot be flipped
+        plain, key = self._cached_prefix(net, k, src, spec, info, config)
+        flipped = None
+        if key is not None:
+            flipped, _ = self._cached_prefix(net, k, src, spec, info, config, flip=True)
+        if key is None or flipped is None:
+            net.start = 0
+            return None
+        y_tr = y if valid_idx is None else y[train_idx]
+        rows = np.arange(len(y)) if valid_idx is None else train_idx
+        train = CachedFlips(plain.X[rows], flipped.X[rows], y_tr)
+        valid = None if valid_idx is None else ArrayDataset(plain.take(valid_idx), y[valid_idx])
+        return train, valid, key
 
     def _run_skorch(self, net, criterion, config, data):
         callbacks = training_callbacks(config, data.probe, validate=data.valid is not None,
@@ -462,19 +486,20 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
             )
         return trains_bn and n_train % self.batch_size == 1
 
-    def _cached_prefix(self, net, k, src, spec, info, config):
+    def _cached_prefix(self, net, k, src, spec, info, config, flip=False):
         """Train the later stages on stored outputs of the frozen stages, when they fit the
-        cache budget: ``(source, cache_key)``, else ``(src, None)``."""
+        cache budget: ``(source, cache_key)``, else ``(src, None)``. ``flip``: of the images
+        flipped left-right (stored under a key of their own)."""
         cache_key = precision_key(caching.prefix_key(
             backbone=self.backbone, backbone_name=info["backbone_name_"],
             weights=info["weights_"], spec=spec, k=k,
             seed=config.seed if self.weights is None else None,
-            input_size=self.input_size, grayscale=self.grayscale,
+            input_size=self.input_size, grayscale=self.grayscale, flip=flip,
         ), self.precision)
         with amp_context(config.device, self.precision):  # the prefix runs as it would uncached
             acts = caching.prefix_activations(
                 net, k, src, key=cache_key, device=config.device,
-                batch_size=self._infer_batch_size(), memory=self._memory(),
+                batch_size=self._infer_batch_size(), memory=self._memory(), flip=flip,
             )
         if acts is None:
             return src, None

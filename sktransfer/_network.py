@@ -62,9 +62,12 @@ class TransferNet(nn.Module):
             set_frozen_eval(list(self.stages), self.n_frozen, train_bn=self.train_bn)
         return self
 
-    def prefix(self, x, k):
-        """Output of preprocessing and the first ``k`` stages."""
+    def prefix(self, x, k, flip=False):
+        """Output of preprocessing and the first ``k`` stages (of the images flipped
+        left-right with ``flip``)."""
         x = self.preprocess(x)
+        if flip:
+            x = torch.flip(x, dims=(-1,))
         for stage in list(self.stages)[:k]:
             x = stage(x)
         return x

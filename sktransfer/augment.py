@@ -7,16 +7,21 @@ never in ``predict``, and draws from torch's random number generator, which ``fi
 ``random_state`` (and torch seeds DataLoader workers from it): fits with the same
 ``random_state`` and ``num_workers`` are identical.
 
-Because an augmented image differs every epoch, the frozen stages' outputs cannot be computed
-once and reused: with augmentation the frozen-prefix cache is bypassed and every epoch runs the
-whole network.
+Because an augmented image differs every epoch, the frozen stages' outputs cannot in general be
+computed once and reused: with augmentation the frozen-prefix cache is bypassed and every epoch
+runs the whole network. ``augment="flip"`` is the exception: an image has only two views, so the
+frozen stages' outputs of both are cached (:class:`CachedFlips`) and each epoch draws one of
+the two for every image, exactly as flipping the image would.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-__all__ = ["BatchAugmenter", "light_augmentation"]
+from ._data import _Batch
+
+__all__ = ["BatchAugmenter", "CachedFlips", "light_augmentation"]
 
 
 def light_augmentation(height, width):
@@ -147,9 +152,10 @@ def make_augmenter(augment, spec):
 
     Parameters
     ----------
-    augment : None, "light" or callable
-        ``None``: no augmentation; ``"light"``: :func:`light_augmentation`; a callable (e.g. a
-        torchvision transform) is applied to each ``(C, H, W)`` float image in [0, 1].
+    augment : None, "flip", "light" or callable
+        ``None``: no augmentation; ``"flip"``: a horizontal flip with probability 1/2;
+        ``"light"``: :func:`light_augmentation`; a callable (e.g. a torchvision transform) is
+        applied to each ``(C, H, W)`` float image in [0, 1].
     spec : dict
         The input description from :func:`sktransfer._data.check_input`.
 
@@ -164,9 +170,15 @@ def make_augmenter(augment, spec):
             f"augment={augment!r} transforms images, but the backbone takes vectors; use "
             "augment=None."
         )
+    if augment == "flip":
+        from torchvision.transforms import v2
+
+        return BatchAugmenter(v2.RandomHorizontalFlip(), spec)
     if isinstance(augment, str):
         if augment != "light":
-            raise ValueError(f"augment must be None, 'light' or a callable, got {augment!r}.")
+            raise ValueError(
+                f"augment must be None, 'flip', 'light' or a callable, got {augment!r}."
+            )
         if spec["layout"] == "flat":
             h, w = spec["image_shape"][:2]
         elif spec["layout"] == "nchw":
@@ -177,5 +189,49 @@ def make_augmenter(augment, spec):
     elif callable(augment):
         transform = augment
     else:
-        raise ValueError(f"augment must be None, 'light' or a callable, got {augment!r}.")
+        raise ValueError(
+            f"augment must be None, 'flip', 'light' or a callable, got {augment!r}."
+        )
     return BatchAugmenter(transform, spec)
+
+
+class CachedFlips(torch.utils.data.Dataset):
+    """Training set of the frozen stages' outputs of each image and of its mirror image.
+
+    Each time a sample is drawn, one of its two views is taken with probability 1/2 (from
+    torch's random number generator, which ``fit`` seeds): the same as flipping the image
+    before the frozen stages, without running them again.
+
+    Parameters
+    ----------
+    plain, flipped : torch.Tensor
+        Outputs of the frozen stages for the images and their mirror images, one row each.
+    y : ndarray
+        Targets.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from sktransfer.augment import CachedFlips
+    >>> ds = CachedFlips(torch.zeros(4, 2), torch.ones(4, 2), np.arange(4))
+    >>> xb, yb = ds.__getitems__([0, 3])
+    >>> set(xb.sum(1).tolist()) <= {0.0, 2.0}, yb.tolist()
+    (True, [0, 3])
+    """
+
+    def __init__(self, plain, flipped, y):
+        self.plain, self.flipped, self.y = plain, flipped, y
+
+    def __len__(self):
+        return len(self.plain)
+
+    def __getitem__(self, i):
+        return self.__getitems__([i])
+
+    def __getitems__(self, indices):
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        pick = (torch.rand(len(idx)) < 0.5).view(-1, *([1] * (self.plain.dim() - 1)))
+        xb = torch.where(pick, self.flipped[idx], self.plain[idx])
+        if self.plain.dim() == 4 and self.plain.is_contiguous(memory_format=torch.channels_last):
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return _Batch((xb, torch.as_tensor(self.y[idx.numpy()])))

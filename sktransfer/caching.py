@@ -188,12 +188,14 @@ def cache_info():
     }
 
 
-def prefix_key(*, backbone, backbone_name, weights, spec, k, seed, input_size, grayscale):
+def prefix_key(*, backbone, backbone_name, weights, spec, k, seed, input_size, grayscale,
+               flip=False):
     """A string naming everything the output of the first ``k`` stages depends on.
 
     ``backbone`` is the value given (a name or a factory), ``backbone_name`` and ``weights``
     what it resolved to, ``seed`` the seed of a randomly initialised backbone (``None`` for
-    pretrained weights), ``spec`` the :class:`~sktransfer._spec.InputSpec` of the input.
+    pretrained weights), ``spec`` the :class:`~sktransfer._spec.InputSpec` of the input,
+    ``flip`` whether the images are flipped left-right first.
     """
     parts = {
         "backbone": backbone_name,
@@ -208,6 +210,7 @@ def prefix_key(*, backbone, backbone_name, weights, spec, k, seed, input_size, g
         "grayscale": grayscale,
         "k": k,
         "torch": torch.__version__,
+        **({"flip": True} if flip else {}),
         # float16 rows must never be taken for exact ones (a shared cache folder)
         "storage": _OPTIONS["dtype"],
     }
@@ -249,8 +252,9 @@ def _write_disk(folder, digest, row):
     os.replace(tmp, path)
 
 
-def prefix_activations(net, k, source, *, key, device, batch_size, memory=None):
-    """Output of ``net.prefix(., k)`` for every sample of a source, as a float32 CPU tensor.
+def prefix_activations(net, k, source, *, key, device, batch_size, memory=None, flip=False):
+    """Output of ``net.prefix(., k)`` for every sample of a source, as a float32 CPU tensor
+    (of every sample flipped left-right with ``flip``: pass a key of its own).
 
     Returns ``None`` when the activations of X alone would exceed the cache budget: the caller
     then trains on X and recomputes the prefix, rather than risking memory.
@@ -279,7 +283,7 @@ def prefix_activations(net, k, source, *, key, device, batch_size, memory=None):
                 for s in range(0, len(missing), batch_size):
                     idx = missing[s : s + batch_size]
                     xb = source.batch(idx)
-                    out = net.prefix(xb.to(device), k).to("cpu", torch.float32)
+                    out = net.prefix(xb.to(device), k, flip=flip).to("cpu", torch.float32)
                     if first:
                         per_sample = out[0].numel() * 4
                         if per_sample * len(source) > _OPTIONS["max_bytes"]:

@@ -118,13 +118,15 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
     grayscale : {"repeat", "adapt"}, default="repeat"
         Single-channel images for an RGB backbone: repeat the channel three times, or adapt
         the stem convolution by summing its RGB weights (as timm's ``adapt_input_conv``).
-    augment : {"light"}, callable or None, default=None
-        Data augmentation while training (never in ``predict``): ``"light"`` takes a random
-        crop of 70-100 % of each image's area, resized back, and flips it horizontally half of
-        the time; a callable (e.g. a torchvision transform) gets each image as a float32
-        ``(C, H, W)`` tensor in [0, 1] and returns one of the same shape. Seeded by
-        ``random_state``. Frozen-stage outputs change with every draw, so the ``cache`` is
-        bypassed. See :mod:`sktransfer.augment`.
+    augment : {"flip", "light"}, callable or None, default=None
+        Data augmentation while training (never in ``predict``): ``"flip"`` flips each image
+        horizontally half of the time (on the activation cache: the frozen stages' outputs of
+        both views are stored once, so it costs no more epochs of the frozen stages);
+        ``"light"`` takes a random crop of 70-100 % of each image's area, resized back, and
+        flips it horizontally half of the time; a callable (e.g. a torchvision transform) gets
+        each image as a float32 ``(C, H, W)`` tensor in [0, 1] and returns one of the same
+        shape. Seeded by ``random_state``. Except for ``"flip"``, frozen-stage outputs change
+        with every draw, so the ``cache`` is bypassed. See :mod:`sktransfer.augment`.
     batchnorm : {"trained", "all", "checkpoint"} or float, default="trained"
         Which BatchNorm layers update their running statistics, and how fast. ``"trained"``:
         those of trained stages, with momentum 0.1 (checkpoints converted from TensorFlow carry

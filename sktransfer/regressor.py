@@ -56,7 +56,7 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         Each row of a 2-D X is an ``(H, W)`` or ``(H, W, C)`` image (reshaped, not resized).
     grayscale : {"repeat", "adapt"}, default="repeat"
         Single-channel images for an RGB backbone.
-    augment : {"light"}, callable or None, default=None
+    augment : {"flip", "light"}, callable or None, default=None
         Training-time augmentation (see :class:`TransferClassifier`).
     batchnorm : {"trained", "all", "checkpoint"} or float, default="trained"
         Which BatchNorm layers update their statistics (see :class:`TransferClassifier`).

@@ -249,3 +249,25 @@ def test_recipe_attributes_survive_the_safe_format(tiny_images, tmp_path):
     loaded = sktransfer.load(sktransfer.save(clf, tmp_path / "m"))
     assert loaded.lr_ == clf.lr_ and loaded.lr_range_test_ == clf.lr_range_test_
     np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+
+
+# -- flips on cached activations ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_flip_augmentation_on_the_cache_trains_as_flipping_the_images(tiny_images,
+                                                                      early_stopping):
+    X, y = tiny_images
+    params = dict(freeze_depth=1, augment="flip", max_epochs=3, early_stopping=early_stopping)
+    cached = _clf(**params).fit(X, y)
+    plain = _clf(cache=False, **params).fit(X, y)
+    assert cached.cache_key_ is not None and plain.cache_key_ is None
+    np.testing.assert_allclose(cached.predict_proba(X), plain.predict_proba(X), atol=1e-6)
+    unflipped = _clf(freeze_depth=1, max_epochs=3, early_stopping=early_stopping).fit(X, y)
+    assert not np.allclose(cached.predict_proba(X), unflipped.predict_proba(X))
+
+
+def test_flip_augmentation_needs_images(tiny_vectors):
+    X, y = tiny_vectors
+    with pytest.raises(ValueError, match="transforms images"):
+        TransferClassifier("test_mlp", weights=None, augment="flip").fit(X, y)
