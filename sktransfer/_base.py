@@ -12,29 +12,24 @@ from __future__ import annotations
 import copy
 import dataclasses
 import numbers
-import os
 import warnings
 
 import numpy as np
-import sklearn
 import torch
-from sklearn.exceptions import InconsistentVersionWarning
+from sklearn.model_selection import train_test_split
 from sklearn.utils.validation import check_is_fitted
 from skorch.helper import predefined_split
 from torch import nn
 
 from . import caching
-from ._compat import HasMethods, Interval, StrOptions, check_feature_names, get_feature_names
-from ._data import ArrayDataset, ArraySource, check_input, check_same_input, make_source
+from ._compat import Interval, StrOptions
+from ._data import ArrayDataset, ArraySource, make_source
+from ._estimator import _BACKBONE_CONSTRAINTS, BackboneEstimatorMixin
 from ._freezing import n_frozen_stages
 from ._lr_finder import lr_range_test
 from ._network import (
     batchnorm_policy,
-    build_network,
     frozen_prefix_is_exact,
-    input_kind_of,
-    load_fitted_state,
-    native_input_size,
 )
 from ._recipe import fit_probe_head
 from ._runtime import (
@@ -54,173 +49,15 @@ from ._training import (
     inference_precision,
     make_accelerator,
     make_skorch_net,
-    precision_key,
     release_training_state,
     run_training,
     training_callbacks,
 )
 from .augment import CachedFlips, make_augmenter
-from .images import is_image_list
 
 __all__ = ["BackboneEstimatorMixin", "TransferEstimatorMixin"]
 
-
-# ---------------------------------------------------------------------------------------------
-# What every estimator built on a backbone shares
-# ---------------------------------------------------------------------------------------------
-
-_BACKBONE_CONSTRAINTS = {
-    "backbone": [str, callable],
-    "weights": [str, os.PathLike, None],
-    "input_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
-    "image_shape": [tuple, list, None],
-    "grayscale": [StrOptions({"repeat", "adapt"})],
-    "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
-    "cache": ["boolean", str, os.PathLike, HasMethods(["cache"])],
-    "device": [str],
-    "precision": [StrOptions({"float32", "bfloat16", "float16"})],
-}
-
-
-class BackboneEstimatorMixin:
-    """Input checks, network building and pickling for every estimator built on a backbone.
-
-    Subclasses say how their network is frozen (:meth:`_network_options`), how many outputs a
-    fitted network has (:meth:`_n_outputs_fitted`) and, in ``_persisted``, which fitted
-    attributes make up the fitted state (name -> kind, read by :mod:`sktransfer.persistence`).
-    """
-
-    _persisted = {
-        "input_spec_": "input_spec",
-        "n_frozen_stages_": "count",
-        "stage_names_": "names",
-        "n_features_out_": "positive",
-        "n_features_in_": "positive",
-        "device_": "str",
-        "backbone_name_": "str",
-        "weights_": "optional_str",
-        "feature_names_in_": "feature_names",
-    }
-
-    def _network_options(self):
-        """Keyword arguments of :func:`build_network` that the hyperparameters set."""
-        raise NotImplementedError
-
-    def _n_outputs_fitted(self):
-        raise NotImplementedError
-
-    @classmethod
-    def _check_persisted(cls, attrs):
-        """Check that fitted attributes read from a file agree with each other."""
-        if attrs["n_frozen_stages_"] > len(attrs["stage_names_"]):
-            raise ValueError("n_frozen_stages_ exceeds the number of stages")
-
-    # -- input ------------------------------------------------------------------------------
-
-    def _validate_fit_input(self, X, *, on_bad_image="raise"):
-        """``(X, spec, feature_names)``: X checked and described; nothing is set yet."""
-        kind = input_kind_of(self.backbone)
-        image_list = kind == "image" and is_image_list(X)
-        image_size = native_input_size(self.backbone, self.input_size) if image_list else None
-        names = None if image_list else get_feature_names(X)
-        X, spec = check_input(X, input_kind=kind, image_shape=self.image_shape, estimator=self,
-                              image_size=image_size, on_bad_image=on_bad_image)
-        return X, spec, names
-
-    def _set_input_attrs(self, X, spec, feature_names):
-        self.input_spec_ = spec
-        self.n_features_in_ = int(np.prod(X.shape[1:]))
-        if feature_names is not None:
-            self.feature_names_in_ = feature_names
-        elif hasattr(self, "feature_names_in_"):
-            del self.feature_names_in_
-
-    def _validate_predict_input(self, X):
-        if not is_image_list(X):
-            check_feature_names(self, X, reset=False)
-        return check_same_input(X, self.input_spec_, image_shape=self.image_shape,
-                                estimator=self, resize=self.input_size is not None)
-
-    def _memory(self):
-        """The folder (or ``joblib.Memory``) that ``cache`` names, else ``None``."""
-        return None if isinstance(self.cache, (bool, np.bool_)) else self.cache
-
-    # -- the network ------------------------------------------------------------------------
-
-    def _build_network(self, spec, n_outputs, sample, *, weights, n_frozen=None):
-        """The one builder (:func:`build_network`) with this estimator's settings."""
-        return build_network(
-            self.backbone, weights=weights, spec=spec, n_outputs=n_outputs, sample=sample,
-            n_frozen=n_frozen, grayscale=self.grayscale, input_size=self.input_size,
-            **self._network_options(),
-        )
-
-    def _restore_module(self, module_state, device=None):
-        """Rebuild the fitted architecture (nothing downloaded) and load ``module_state``
-        strictly; sets ``module_`` (and ``device_``, CPU where CUDA is unavailable)."""
-        spec = self.input_spec_
-        sample = torch.zeros((2, *spec.sample_shape), dtype=_torch_dtype(spec.dtype))
-        with preserved_global_state():
-            built = self._build_network(spec, self._n_outputs_fitted(), sample, weights=None,
-                                        n_frozen=self.n_frozen_stages_)
-        net = built.net
-        load_fitted_state(net, module_state, stage_names=getattr(self, "stage_names_", None))
-        device = _available_device(getattr(self, "device_", "cpu") if device is None else device)
-        self.device_ = device
-        self.module_ = net.to(device).eval()
-        return self.module_
-
-    # -- pickling ---------------------------------------------------------------------------
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        if "module_" in state:
-            module = state.pop("module_")
-            state.pop("net_", None)
-            state["_module_state"] = {
-                k: v.detach().cpu().numpy() for k, v in module.state_dict().items()
-            }
-        # scikit-learn stamps only its own estimators; unpickling compares this stamp.
-        state["_sklearn_version"] = sklearn.__version__
-        return state
-
-    def __setstate__(self, state):
-        _check_pickled_version(self, state)
-        module_state = state.pop("_module_state", None)
-        self.__dict__.update(state)
-        if module_state is not None:
-            self._restore_module(module_state)
-
-
-def _check_pickled_version(est, state):
-    """Pop the scikit-learn version stamp from a pickled ``state``; warn as scikit-learn does
-    (``InconsistentVersionWarning``) when it differs from the running version."""
-    pickled = state.pop("_sklearn_version", None)
-    if pickled is not None and pickled != sklearn.__version__:
-        warnings.warn(
-            InconsistentVersionWarning(
-                estimator_name=type(est).__name__,
-                current_sklearn_version=sklearn.__version__,
-                original_sklearn_version=pickled,
-            ),
-            stacklevel=3,
-        )
-
-
-def _available_device(device):
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        warnings.warn(
-            f"This model was fitted on {device!r} but CUDA is not available here; it is loaded "
-            "on the CPU instead (device_ is now 'cpu').",
-            UserWarning,
-            stacklevel=4,
-        )
-        return "cpu"
-    return str(device)
-
-
-def _torch_dtype(name):
-    return torch.from_numpy(np.zeros(1, dtype=np.dtype(name))).dtype
+# BackboneEstimatorMixin lives in _estimator; it is importable from here too.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,12 +261,8 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         """Linear-probe head start: the head set to a linear model fitted on the pretrained
         features of the training rows (computed once, through the activation cache)."""
         n = len(net.stages)
-        key = precision_key(caching.prefix_key(
-            backbone=self.backbone, backbone_name=info["backbone_name_"],
-            weights=info["weights_"], spec=spec, k=n,
-            seed=config.seed if self.weights is None else None,
-            input_size=self.input_size, grayscale=self.grayscale,
-        ), self.precision)
+        key = self._prefix_key(info["backbone_name_"], info["weights_"], spec, n,
+                               config.seed if self.weights is None else None)
         with amp_context(config.device, self.precision):
             feats = caching.prefix_activations(
                 net, n, src, key=key, device=config.device, batch_size=self._infer_batch_size(),
@@ -470,7 +303,8 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         """Training and validation indices (``None`` for validation without early stopping)."""
         if not self.early_stopping:
             return np.arange(len(y)), None
-        return self._validation_split(y, seed)
+        return validation_split(y, self.validation_fraction, seed,
+                                stratified=self._is_classifier)
 
     def _check_batchnorm_batches(self, net, k, n_train):
         """Refuse to train BatchNorm on one sample; say whether the last batch must be
@@ -490,12 +324,8 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         """Train the later stages on stored outputs of the frozen stages, when they fit the
         cache budget: ``(source, cache_key)``, else ``(src, None)``. ``flip``: of the images
         flipped left-right (stored under a key of their own)."""
-        cache_key = precision_key(caching.prefix_key(
-            backbone=self.backbone, backbone_name=info["backbone_name_"],
-            weights=info["weights_"], spec=spec, k=k,
-            seed=config.seed if self.weights is None else None,
-            input_size=self.input_size, grayscale=self.grayscale, flip=flip,
-        ), self.precision)
+        cache_key = self._prefix_key(info["backbone_name_"], info["weights_"], spec, k,
+                                     config.seed if self.weights is None else None, flip=flip)
         with amp_context(config.device, self.precision):  # the prefix runs as it would uncached
             acts = caching.prefix_activations(
                 net, k, src, key=cache_key, device=config.device,
@@ -534,40 +364,6 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
     @staticmethod
     def _default_lr():
         return 0.01
-
-    def _validation_split(self, y, seed):
-        from sklearn.model_selection import train_test_split
-
-        idx = np.arange(len(y))
-        stratify = None
-        if self._is_classifier:
-            counts = np.bincount(y)
-            n_valid = int(np.ceil(self.validation_fraction * len(y)))
-            if counts[counts > 0].min() >= 2 and n_valid >= len(counts[counts > 0]):
-                stratify = y
-            else:
-                warnings.warn(
-                    "early_stopping: a class has fewer than 2 samples (or the validation set is "
-                    "smaller than the number of classes), so the validation split is not "
-                    "stratified.",
-                    UserWarning,
-                    stacklevel=5,
-                )
-        try:
-            tr, va = train_test_split(
-                idx, test_size=self.validation_fraction, random_state=seed, stratify=stratify
-            )
-        except ValueError as exc:
-            raise ValueError(
-                f"early_stopping needs a validation split of {self.validation_fraction} of "
-                f"{len(y)} samples: {exc} Use more data or early_stopping=False."
-            ) from exc
-        if len(tr) == 0 or len(va) == 0:
-            raise ValueError(
-                f"early_stopping: validation_fraction={self.validation_fraction} of {len(y)} "
-                "samples leaves an empty training or validation set."
-            )
-        return np.sort(tr), np.sort(va)
 
     def _infer_batch_size(self):
         return max(int(self.batch_size), 64)
@@ -621,3 +417,38 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
 def _refreeze_options(batchnorm):
     train_bn, bn_momentum = batchnorm_policy(batchnorm)
     return {"train_bn": train_bn, "bn_momentum": bn_momentum}
+
+
+def validation_split(y, fraction, seed, *, stratified):
+    """Sorted training and validation indices for early stopping (stratified by class for a
+    classifier where every class has 2 samples and the validation set room for each)."""
+    idx = np.arange(len(y))
+    stratify = None
+    if stratified:
+        counts = np.bincount(y)
+        n_valid = int(np.ceil(fraction * len(y)))
+        if counts[counts > 0].min() >= 2 and n_valid >= len(counts[counts > 0]):
+            stratify = y
+        else:
+            warnings.warn(
+                "early_stopping: a class has fewer than 2 samples (or the validation set is "
+                "smaller than the number of classes), so the validation split is not "
+                "stratified.",
+                UserWarning,
+                stacklevel=5,
+            )
+    try:
+        tr, va = train_test_split(
+            idx, test_size=fraction, random_state=seed, stratify=stratify
+        )
+    except ValueError as exc:
+        raise ValueError(
+            f"early_stopping needs a validation split of {fraction} of "
+            f"{len(y)} samples: {exc} Use more data or early_stopping=False."
+        ) from exc
+    if len(tr) == 0 or len(va) == 0:
+        raise ValueError(
+            f"early_stopping: validation_fraction={fraction} of {len(y)} "
+            "samples leaves an empty training or validation set."
+        )
+    return np.sort(tr), np.sort(va)

@@ -8,11 +8,11 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import check_is_fitted
 
 from . import caching
-from ._base import _BACKBONE_CONSTRAINTS, BackboneEstimatorMixin
 from ._compat import StrOptions, _fit_context
 from ._data import make_source
+from ._estimator import _BACKBONE_CONSTRAINTS, BackboneEstimatorMixin
 from ._runtime import preserved_global_state, resolve_device
-from ._training import amp_context, check_precision, inference_precision, precision_key
+from ._training import amp_context, check_precision, inference_precision
 
 __all__ = ["TransferFeatures"]
 
@@ -213,11 +213,8 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Backbo
         self.n_frozen_stages_ = built.n_frozen
         self.n_features_out_ = int(n_out)
         self._set_input_attrs(X, spec, feature_names)
-        self.cache_key_ = precision_key(caching.prefix_key(
-            backbone=self.backbone, backbone_name=built.backbone_name, weights=built.weights,
-            spec=spec, k=depth, seed=_RANDOM_INIT_SEED if self.weights is None else None,
-            input_size=self.input_size, grayscale=self.grayscale,
-        ), self.precision)
+        self.cache_key_ = self._prefix_key(built.backbone_name, built.weights, spec, depth,
+                                           _RANDOM_INIT_SEED if self.weights is None else None)
         return self
 
     def _network_options(self):

@@ -7,15 +7,15 @@ import numbers
 import numpy as np
 from sklearn.exceptions import NotFittedError
 
-__all__ = ["plot_learning_curves"]
+__all__ = ["plot_learning_curves", "plot_lr_range_test"]
 
 
-def _import_pyplot():
+def _import_pyplot(what="plot_learning_curves"):
     try:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise ImportError(
-            "plot_learning_curves needs matplotlib, which is not installed. Install it with "
+            f"{what} needs matplotlib, which is not installed. Install it with "
             "pip install 'sktransfer[plot]' (or pip install matplotlib)."
         ) from exc
     return plt
@@ -163,4 +163,57 @@ def plot_learning_curves(estimator_or_history, ax=None):
         right.set_ylim(0, 1.02)
         ax.right_ax = right
     ax.legend(handles=handles, loc="best")
+    return ax
+
+
+def plot_lr_range_test(estimator, ax=None):
+    """Plot the learning-rate range test of a fit with ``lr="auto"``, and the rate it chose.
+
+    Parameters
+    ----------
+    estimator : TransferClassifier or TransferRegressor
+        Fitted with ``lr="auto"`` (or a pipeline ending in one).
+    ax : matplotlib Axes, default=None
+        Where to draw; a new figure when None.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+        The smoothed training loss against the learning rate (log scale), with the chosen
+        ``lr_`` marked.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import numpy as np
+    >>> from sktransfer import TransferClassifier
+    >>> from sktransfer.plotting import plot_lr_range_test
+    >>> X = np.random.RandomState(0).rand(40, 16, 16, 3).astype(np.float32)
+    >>> y = np.array([0, 1] * 20)
+    >>> clf = TransferClassifier("test_cnn", weights=None, lr="auto", max_epochs=1,
+    ...                          random_state=0).fit(X, y)
+    >>> ax = plot_lr_range_test(clf)
+    >>> ax.get_xscale(), len(ax.get_lines()[0].get_xdata()) == len(clf.lr_range_test_["lr"])
+    ('log', True)
+    """
+    if hasattr(estimator, "steps") and hasattr(estimator, "_final_estimator"):
+        estimator = estimator._final_estimator
+    curve = getattr(estimator, "lr_range_test_", None)
+    if curve is None:
+        raise ValueError(
+            "This estimator has no range test to plot: fit it with lr='auto' (its "
+            "lr_range_test_ is None otherwise)."
+        )
+    plt = _import_pyplot("plot_lr_range_test")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    ax.plot(curve["lr"], curve["loss"], color="C0", label="smoothed training loss")
+    ax.axvline(estimator.lr_, color="C3", linestyle="--",
+               label=f"chosen lr_ = {estimator.lr_:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best")
     return ax

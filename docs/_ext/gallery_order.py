@@ -5,6 +5,7 @@ from sphinx_gallery.sorting import FileNameSortKey
 ORDER = [
     "plot_quickstart.py",
     "plot_linear_probe_vs_finetuning.py",
+    "plot_training_recipe.py",
     "plot_grid_search.py",
     "plot_regression.py",
     "plot_image_folder.py",
