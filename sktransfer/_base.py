@@ -77,7 +77,7 @@ class _TrainingData:
 _FINE_TUNING_CONSTRAINTS = {
     **_BACKBONE_CONSTRAINTS,
     "freeze_depth": [
-        StrOptions({"all"}),
+        StrOptions({"all", "auto"}),
         Interval(numbers.Integral, None, None, closed="neither"),
     ],
     "lr": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],

@@ -23,9 +23,10 @@ def n_frozen_stages(freeze_depth, stage_names):
 
     Parameters
     ----------
-    freeze_depth : int or "all"
+    freeze_depth : int, "auto" or "all"
         ``k >= 0`` freezes the first ``k`` stages (0: fine-tune everything); ``-k`` leaves only
-        the last ``k`` stages trainable; ``"all"`` freezes the whole backbone.
+        the last ``k`` stages trainable; ``"all"`` freezes the whole backbone; ``"auto"`` the
+        first third of the stages (rounded down), where the most general features are.
     stage_names : list of str
         The backbone's stages, input first.
 
@@ -40,19 +41,24 @@ def n_frozen_stages(freeze_depth, stage_names):
     2
     >>> n_frozen_stages("all", ["stem", "layer1", "layer2"])
     3
+    >>> n_frozen_stages("auto", ["stem"] + [f"group{i}" for i in range(1, 9)])
+    3
     """
     n = len(stage_names)
     valid = (
-        f"Valid values: 'all', 0..{n} (number of leading stages frozen) or -1..-{n} (number of "
-        f"trailing stages trained); the stages are {list(stage_names)}."
+        f"Valid values: 'all', 'auto' (the first third), 0..{n} (number of leading stages "
+        f"frozen) or -1..-{n} (number of trailing stages trained); the stages are "
+        f"{list(stage_names)}."
     )
     if isinstance(freeze_depth, str):
         if freeze_depth == "all":
             return n
+        if freeze_depth == "auto":
+            return n // 3
         raise ValueError(f"freeze_depth={freeze_depth!r} is not understood. {valid}")
     if isinstance(freeze_depth, bool) or not isinstance(freeze_depth, numbers.Integral):
         raise ValueError(
-            f"freeze_depth must be an integer or 'all', got {freeze_depth!r}. {valid}"
+            f"freeze_depth must be an integer, 'auto' or 'all', got {freeze_depth!r}. {valid}"
         )
     k = int(freeze_depth)
     if k >= 0:

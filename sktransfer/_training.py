@@ -383,6 +383,7 @@ def release_training_state(skorch_net, device):
     model on the device: the last epoch's snapshot and the optimizer's state (every ``fit``,
     ``warm_start`` included, starts a new optimizer)."""
     skorch_net._last_epoch_state = None
+    skorch_net._anchors = None  # L2-SP's copy of the starting weights
     skorch_net.module_.zero_grad(set_to_none=True)
     for name in skorch_net._optimizers:
         getattr(skorch_net, name + "_").state.clear()

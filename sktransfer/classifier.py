@@ -68,16 +68,18 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
     weights : str, path-like or None, default="DEFAULT"
         ``"DEFAULT"`` (or a torchvision weights name) for the pretrained weights, a local
         ``.safetensors``/``.pt``/``.pth`` file, or ``None`` for random initialisation.
-    freeze_depth : int or "all", default=-1
+    freeze_depth : int, "auto" or "all", default="auto"
         ``k >= 0`` freezes the first ``k`` stages (0 fine-tunes everything); ``-k`` trains only
-        the last ``k`` stages; ``"all"`` trains the new head alone (a linear probe).
-    lr : float or "auto", default=0.01
+        the last ``k`` stages; ``"all"`` trains the new head alone (a linear probe);
+        ``"auto"`` freezes the first third of the stages, rounded down (3 of
+        EfficientNet-Lite0's 9), where the most general features are.
+    lr : float or "auto", default=0.05
         Learning rate of the new head (the peak rate with a schedule). ``"auto"`` runs a
-        learning-rate range test on the training data first (fastai's ``lr_find`` with its
-        "valley" rule, on a copy of the network: up to 100 batches with the rate growing from
-        1e-7 to 10; see the user guide for its cost) and trains with the rate it suggests
+        learning-rate range test on the training data first (as fastai's ``lr_find``, on a
+        copy of the network: up to 100 batches with the rate growing from 1e-7 to 10; see the
+        user guide for its cost) and trains with the rate where the loss fell fastest
         (``lr_``).
-    lr_schedule : {"constant", "cosine", "onecycle"}, default="constant"
+    lr_schedule : {"constant", "cosine", "onecycle"}, default="cosine"
         How the learning rate moves over the ``max_epochs`` epochs, set before every batch:
         constant; cosine decay to 0 after a linear warm-up over the first 10 % of the steps
         (timm); or fastai's one-cycle (from ``lr / 25`` up to ``lr`` over the first 25 %,
@@ -100,11 +102,11 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         The optimiser.
     weight_decay : float, default=0.0
         L2 penalty (decoupled for AdamW).
-    l2_sp : float, default=0.0
+    l2_sp : float, default=0.01
         Strength of L2-SP (Li et al. 2018): a penalty ``l2_sp / 2 x ||w - w0||^2`` that pulls
         the trained stages' weights towards those they started from (the pretrained ones)
         instead of towards 0. When it is on, ``weight_decay`` applies to the head only.
-    max_epochs : int, default=10
+    max_epochs : int, default=12
         Passes over the training data.
     batch_size : int, default=32
         Samples per optimiser step.
@@ -136,7 +138,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         float: ``"trained"`` with that momentum.
     class_weight : dict, "balanced" or None, default=None
         Weights of the classes in the loss.
-    label_smoothing : float in [0, 1), default=0.0
+    label_smoothing : float in [0, 1), default=0.1
         Share of each target's probability spread evenly over the classes in the
         cross-entropy (Szegedy et al. 2016), which keeps the network from growing
         over-confident on few images.
@@ -266,16 +268,16 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         backbone="efficientnet_lite0",
         *,
         weights="DEFAULT",
-        freeze_depth=-1,
-        lr=0.01,
-        lr_schedule="constant",
+        freeze_depth="auto",
+        lr=0.05,
+        lr_schedule="cosine",
         layer_decay=1.0,
         head_init="random",
         momentum=0.9,
         optimizer="sgd",
         weight_decay=0.0,
-        l2_sp=0.0,
-        max_epochs=10,
+        l2_sp=0.01,
+        max_epochs=12,
         batch_size=32,
         input_size=None,
         image_shape=None,
@@ -283,7 +285,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         augment=None,
         batchnorm="trained",
         class_weight=None,
-        label_smoothing=0.0,
+        label_smoothing=0.1,
         early_stopping=False,
         validation_fraction=0.1,
         n_iter_no_change=5,

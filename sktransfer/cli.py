@@ -108,6 +108,14 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _float_or_text(text):
+    """A number where the text is one, else the text ("auto" for --lr)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _int_or_text(text):
     """An integer where the text is one, else the text ("all" for --freeze-depth)."""
     try:
@@ -169,15 +177,7 @@ def _add_fit(sub):
         help="'DEFAULT' for the pretrained weights, a weights name or file, or 'none' for "
         "random initialisation",
     )
-    fit.add_argument(
-        "--freeze-depth", type=_int_or_text, default=-1,
-        help="k >= 0 freezes the first k stages, -k trains the last k, 'all' trains the new "
-        "head only",
-    )
-    fit.add_argument("--lr", type=float, default=0.01, help="learning rate")
-    fit.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    fit.add_argument("--epochs", type=int, default=5, help="passes over the data")
-    fit.add_argument("--batch-size", type=int, default=32, help="images per step")
+    _add_training_options(fit)
     fit.add_argument(
         "--input-size", type=int, default=None,
         help="side in pixels images are resized and centre-cropped to (default: the "
@@ -190,11 +190,6 @@ def _add_fit(sub):
     fit.add_argument(
         "--random-state", type=int, default=0, help="seed of the split, initialisation, "
         "shuffling and augmentation"
-    )
-    fit.add_argument(
-        "--augment", choices=["none", "light"], default="none",
-        help="training-time augmentation: 'light' is a random 70-100%% crop and a horizontal "
-        "flip",
     )
     _add_common(fit)
     fit.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
@@ -324,22 +319,44 @@ def _fit_checked(clf, size, X_train, y_train, X_test):
     )
 
 
+def _add_training_options(fit):
+    """The options that set TransferClassifier's training; unset ones keep its defaults."""
+    fit.add_argument(
+        "--freeze-depth", type=_int_or_text, default=None,
+        help="k >= 0 freezes the first k stages, -k trains the last k, 'all' trains the new "
+        "head only, 'auto' freezes the first third (default: TransferClassifier's)",
+    )
+    fit.add_argument("--lr", type=_float_or_text, default=None,
+                     help="learning rate, or 'auto' for a range test (default: "
+                     "TransferClassifier's)")
+    fit.add_argument("--momentum", type=float, default=None,
+                     help="SGD momentum (default: TransferClassifier's)")
+    fit.add_argument("--epochs", type=int, default=None,
+                     help="passes over the data (default: TransferClassifier's max_epochs)")
+    fit.add_argument("--batch-size", type=int, default=None,
+                     help="images per step (default: TransferClassifier's)")
+    fit.add_argument(
+        "--augment", choices=["default", "none", "flip", "light"], default="default",
+        help="training-time augmentation: 'flip' flips half the images left-right, 'light' "
+        "also takes a random 70-100%% crop; 'default' keeps TransferClassifier's",
+    )
+
+
 def _cmd_fit(args, out):
     import numpy as np
 
     from .classifier import TransferClassifier
     from .datasets import load_image_folder
 
+    given = {"freeze_depth": args.freeze_depth, "lr": args.lr, "momentum": args.momentum,
+             "max_epochs": args.epochs, "batch_size": args.batch_size}
+    if args.augment != "default":
+        given["augment"] = None if args.augment == "none" else args.augment
     clf = TransferClassifier(
         args.backbone,
         weights=args.weights,
-        freeze_depth=args.freeze_depth,
-        lr=args.lr,
-        momentum=args.momentum,
-        max_epochs=args.epochs,
-        batch_size=args.batch_size,
+        **{k: v for k, v in given.items() if v is not None or k == "augment"},
         input_size=args.input_size,
-        augment=None if args.augment == "none" else args.augment,
         device=args.device,
         num_workers=args.num_workers,
         random_state=args.random_state,

@@ -27,11 +27,11 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         A registered name, a torchvision model name, ``"timm:<name>"`` or a callable.
     weights : str, path-like or None, default="DEFAULT"
         Pretrained weights (see :class:`TransferClassifier`).
-    freeze_depth : int or "all", default=-1
+    freeze_depth : int, "auto" or "all", default="auto"
         Frozen stages (see :class:`TransferClassifier`).
-    lr : float or "auto", default=0.01
+    lr : float or "auto", default=0.05
         Learning rate; ``"auto"`` runs a range test first (see :class:`TransferClassifier`).
-    lr_schedule : {"constant", "cosine", "onecycle"}, default="constant"
+    lr_schedule : {"constant", "cosine", "onecycle"}, default="cosine"
         Learning-rate schedule over the epochs (see :class:`TransferClassifier`).
     layer_decay : float in (0, 1], default=1.0
         Per-stage learning-rate decay, counting back from the head.
@@ -43,10 +43,10 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         The optimiser.
     weight_decay : float, default=0.0
         L2 penalty.
-    l2_sp : float, default=0.0
+    l2_sp : float, default=0.01
         Pull of the trained stages towards their pretrained weights (L2-SP); when on,
         ``weight_decay`` applies to the head only.
-    max_epochs : int, default=10
+    max_epochs : int, default=12
         Passes over the training data.
     batch_size : int, default=32
         Samples per optimiser step.
@@ -166,16 +166,16 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         backbone="efficientnet_lite0",
         *,
         weights="DEFAULT",
-        freeze_depth=-1,
-        lr=0.01,
-        lr_schedule="constant",
+        freeze_depth="auto",
+        lr=0.05,
+        lr_schedule="cosine",
         layer_decay=1.0,
         head_init="random",
         momentum=0.9,
         optimizer="sgd",
         weight_decay=0.0,
-        l2_sp=0.0,
-        max_epochs=10,
+        l2_sp=0.01,
+        max_epochs=12,
         batch_size=32,
         input_size=None,
         image_shape=None,

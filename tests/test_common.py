@@ -5,11 +5,14 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from sktransfer import TransferClassifier, TransferRegressor
 
 ESTIMATORS = [
+    # freeze_depth=-1: the first of test_mlp's two stages frozen ("auto" would train both)
     TransferClassifier(
-        "test_mlp", weights=None, max_epochs=6, lr=0.3, batch_size=16, random_state=0
+        "test_mlp", weights=None, max_epochs=6, lr=0.3, batch_size=16, random_state=0,
+        freeze_depth=-1,
     ),
     TransferRegressor(
-        "test_mlp", weights=None, max_epochs=6, lr=0.1, batch_size=16, random_state=0
+        "test_mlp", weights=None, max_epochs=6, lr=0.1, batch_size=16, random_state=0,
+        freeze_depth=-1,
     ),
 ]
 

@@ -44,7 +44,7 @@ class _Record(Callback):
 def test_constant_schedule_keeps_lr(tiny_images):
     X, y = tiny_images
     rec = _Record()
-    _clf(lr=0.05, callbacks=[("rec", rec)]).fit(X, y)
+    _clf(lr=0.05, lr_schedule="constant", callbacks=[("rec", rec)]).fit(X, y)
     assert {lr for row in rec.lrs for lr in row} == {0.05}
 
 
