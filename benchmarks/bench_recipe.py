@@ -219,7 +219,8 @@ def main(argv=None):
         "(its defaults otherwise: Adam, base_lr 2e-3).",
         ["recipe", *datasets], rows, notes=notes, load_before=load_before,
     )
-    return results
+    return {f"{data_name}: {arm}": float(np.mean([a for a, _ in runs]))
+            for (arm, data_name), runs in results.items()}
 
 
 def _verdicts(results, datasets):
