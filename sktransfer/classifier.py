@@ -223,7 +223,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         Values per sample seen in ``fit``.
     input_spec_ : InputSpec
         Layout, per-sample shape and scaling of the training input.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Column names of X, set only when X is a DataFrame with string column names.
     interrupted_ : bool
         Whether Ctrl-C ended the last fit (the last completed epoch is kept).

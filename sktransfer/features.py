@@ -89,7 +89,7 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Backbo
         Values per sample seen in ``fit``.
     input_spec_ : InputSpec
         Layout, per-sample shape and scaling of the input seen in ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Column names of X, set only when X is a DataFrame with string column names.
     cache_key_ : str
         Key of the features in the activation cache.

@@ -127,7 +127,7 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         near the float64 limit from overflowing the second), fitted on y as 2-D.
     y_ndim_ : int
         Dimensions of y in ``fit`` (``predict`` returns the same).
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Column names of X, set only when X is a DataFrame with string column names.
     interrupted_ : bool
         Whether Ctrl-C ended the last fit.
