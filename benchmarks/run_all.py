@@ -30,6 +30,7 @@ BENCHMARKS = [
     "bench_memory",
     "bench_throughput",
     "bench_recipe",
+    "bench_saliency",
 ]
 README = os.path.join(HERE, "README.md")
 START, END = "<!-- results:start -->", "<!-- results:end -->"

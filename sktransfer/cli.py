@@ -135,6 +135,7 @@ class _UsageError(ValueError):
 def build_parser():
     """The :class:`argparse.ArgumentParser` of the ``sktransfer`` command."""
     from . import __version__
+    from ._explain import add_parser as add_explain
 
     parser = argparse.ArgumentParser(
         prog="sktransfer",
@@ -150,6 +151,7 @@ def build_parser():
     sub.required = True
     for add in (_add_fit, _add_predict, _add_evaluate, _add_backbones):
         add(sub)
+    add_explain(sub, _DefaultsFormatter, _add_common, _load, _image_files)
     return parser
 
 

@@ -10,13 +10,13 @@ from sklearn.exceptions import NotFittedError
 __all__ = ["plot_learning_curves", "plot_lr_range_test"]
 
 
-def _import_pyplot(what="plot_learning_curves"):
+def _import_pyplot(what="plot_learning_curves", extra="plot"):
     try:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise ImportError(
             f"{what} needs matplotlib, which is not installed. Install it with "
-            "pip install 'sktransfer[plot]' (or pip install matplotlib)."
+            f"pip install 'sktransfer[{extra}]' (or pip install matplotlib)."
         ) from exc
     return plt
 

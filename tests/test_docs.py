@@ -40,6 +40,7 @@ PUBLIC_MODULES = [
     "sktransfer.datasets",
     "sktransfer.features",
     "sktransfer.images",
+    "sktransfer.inspection",
     "sktransfer.persistence",
     "sktransfer.plotting",
     "sktransfer.regressor",

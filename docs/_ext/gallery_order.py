@@ -10,6 +10,7 @@ ORDER = [
     "plot_regression.py",
     "plot_image_folder.py",
     "plot_persistence.py",
+    "plot_inspection.py",
 ]
 
 
