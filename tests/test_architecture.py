@@ -18,8 +18,8 @@ LAYERS = {
     2: ["_training", "_schedules", "_lr_finder"],
     # 3. the scikit-learn surface, then the user-facing helpers on top of it
     3: ["_compat", "_estimator", "_base", "_recipe", "classifier", "regressor", "features",
-        "_state_codec", "persistence", "_fashion_mnist", "datasets", "plotting", "_saliency", "_displays",
-        "_embedding", "inspection", "_explain", "cli", "__main__"],
+        "_state_codec", "persistence", "_fashion_mnist", "datasets", "plotting", "_saliency",
+        "_displays", "_embedding", "inspection", "_explain", "cli", "__main__"],
 }
 TORCH_CORE = LAYERS[1]
 SKLEARN_LAYER = ["_base", "classifier", "regressor", "features", "persistence", "cli",
