@@ -2,11 +2,13 @@
 
     python benchmarks/run_all.py            # full run (what ``make bench`` does); updates README
     python benchmarks/run_all.py --quick    # smoke run in seconds; README untouched
-    python benchmarks/run_all.py --only bench_predict bench_memory --no-readme
+    python benchmarks/run_all.py --only bench_predict bench_memory   # those sections only
+    python benchmarks/run_all.py --only bench_recipe --no-readme
 
 The results section of ``benchmarks/README.md`` (between the two ``results`` markers) is
 rewritten from the output of a full run of all benchmarks, with the machine, torch version,
-date and command: its figures are never typed in by hand.
+date and command; a run of some benchmarks (``--only``) replaces their sections alone, each
+stamped with its own machine line and command. Its figures are never typed in by hand.
 """
 
 from __future__ import annotations
@@ -50,15 +52,45 @@ def run(name, quick, threads):
     return proc.stdout, seconds
 
 
-def update_readme(text):
+def _read_results():
     with open(README) as fh:
         content = fh.read()
     if START not in content or END not in content:
         raise SystemExit(f"{README} has no {START} ... {END} section to update.")
     head, rest = content.split(START, 1)
-    _, tail = rest.split(END, 1)
+    body, tail = rest.split(END, 1)
+    return head, body, tail
+
+
+def update_readme(text):
+    head, _, tail = _read_results()
     with open(README, "w") as fh:
         fh.write(f"{head}{START}\n{text.rstrip()}\n{END}{tail}")
+
+
+def _sections(body):
+    """``(preamble, {number: section})`` of a results block, split at its ``### N.`` titles."""
+    parts = body.split("\n### ")
+    sections = {}
+    for part in parts[1:]:
+        number = part.split(".", 1)[0].strip()
+        sections[number] = "### " + part.rstrip() + "\n"
+    return parts[0].rstrip() + "\n", sections
+
+
+def update_sections(outputs, stamp):
+    """Replace, in the results block, the sections of the benchmarks that were run (each
+    stamped with its own machine line and command); the others stay as they were."""
+    head, body, tail = _read_results()
+    preamble, sections = _sections("\n" + body.strip("\n") + "\n")
+    for out in outputs:
+        _, new = _sections("\n" + out.strip("\n") + "\n")
+        for number, text in new.items():
+            title, rest = text.split("\n", 1)
+            sections[number] = f"{title}\n\n_{stamp}_\n{rest}"
+    ordered = [sections[k] for k in sorted(sections, key=lambda k: int(k) if k.isdigit() else 99)]
+    with open(README, "w") as fh:
+        fh.write(f"{head}{START}\n{preamble}\n" + "\n".join(ordered) + f"\n{END}{tail}")
 
 
 def main(argv=None):
@@ -86,8 +118,12 @@ def main(argv=None):
         total += seconds
     footer = f"Total time: {total / 60:.1f} min; load average at end: {loadavg()}.\n"
     print(footer)
-    if not args.quick and not args.no_readme and names == BENCHMARKS:
-        update_readme("\n".join([header, *sections, footer]))
+    if not args.quick and not args.no_readme:
+        if names == BENCHMARKS:
+            update_readme("\n".join([header, *sections, footer]))
+        else:  # a part of the benchmarks: their sections only, each with its own stamp
+            update_sections(sections, f"Run on its own: {machine()}; command `{command}`; "
+                                      f"{total / 60:.1f} min")
         print(f"Results written to {README}.")
 
 
