@@ -1,4 +1,5 @@
-"""The training recipe's moving parts: learning-rate schedules, per-stage learning rates, L2-SP.
+"""The training recipe's moving parts: learning-rate schedules, per-stage learning rates, L2-SP
+anchors.
 
 Layer 2: PyTorch and skorch only. A schedule is a function of the step (0 .. ``total - 1``)
 giving a factor of the base learning rate and, for one-cycle, the momentum; :class:`LRSchedule`
@@ -15,7 +16,6 @@ from skorch.callbacks import Callback
 __all__ = [
     "LRSchedule",
     "SCHEDULES",
-    "l2_sp_penalty",
     "lr_factor",
     "momentum_at",
     "stage_param_groups",
@@ -150,25 +150,7 @@ def stage_param_groups(module, lr, *, layer_decay=1.0, head_weight_decay=None):
     return groups[::-1] + [("head.*", head)]
 
 
-def l2_sp_penalty(anchors):
-    """``sum ||w - w0||^2 / 2`` over ``(parameter, starting value)`` pairs (L2-SP, Li et al.
-    2018: pull fine-tuned weights towards the pretrained ones rather than towards 0).
-
-    Examples
-    --------
-    >>> import torch
-    >>> from sktransfer._schedules import l2_sp_penalty
-    >>> w = torch.nn.Parameter(torch.tensor([1.0, 3.0]))
-    >>> float(l2_sp_penalty([(w, torch.tensor([0.0, 1.0]))]))
-    2.5
-    """
-    total = None
-    for param, anchor in anchors:
-        term = (param - anchor).pow(2).sum()
-        total = term if total is None else total + term
-    return 0.0 if total is None else total / 2
-
-
 def trained_backbone_anchors(module):
-    """``(parameter, detached copy)`` for every trainable parameter of the stages."""
+    """``(parameter, detached copy)`` for every trainable parameter of the stages: the
+    starting weights that L2-SP (Li et al. 2018) pulls the fine-tuned ones towards."""
     return [(p, p.detach().clone()) for p in module.stages.parameters() if p.requires_grad]

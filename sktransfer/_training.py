@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils import get_total_norm
 
 from ._data import collate_batch
-from ._schedules import LRSchedule, l2_sp_penalty, stage_param_groups, trained_backbone_anchors
+from ._schedules import LRSchedule, stage_param_groups, trained_backbone_anchors
 
 __all__ = [
     "TrainingConfig",
@@ -148,15 +148,33 @@ class _TransferSkorchNet(NeuralNet):
 
     def train_step_single(self, batch, **fit_params):
         if self.precision == "float32":
-            return super().train_step_single(batch, **fit_params)
-        self._set_training(True)
-        Xi, yi = unpack_data(batch)
-        with amp_context(self.device, self.precision):
-            y_pred = self.infer(Xi, **fit_params)
-            loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+            step = super().train_step_single(batch, **fit_params)
+        else:
+            self._set_training(True)
+            Xi, yi = unpack_data(batch)
+            with amp_context(self.device, self.precision):
+                y_pred = self.infer(Xi, **fit_params)
+                loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+            scaler = getattr(self, "grad_scaler_", None)
+            (loss if scaler is None else scaler.scale(loss)).backward()
+            step = {"loss": loss, "y_pred": y_pred}
+        if self.l2_sp:
+            self._add_l2_sp_gradient()
+        return step
+
+    def _add_l2_sp_gradient(self):
+        """L2-SP: add the gradient of ``l2_sp / 2 x ||w - w0||^2`` to each trained stage's
+        gradient, in place (the same update as adding the penalty to the loss, without
+        building its graph every batch)."""
+        if getattr(self, "_anchors", None) is None:
+            # the weights this fit starts from (the pretrained ones): taken at its first step
+            self._anchors = trained_backbone_anchors(self.module_)
         scaler = getattr(self, "grad_scaler_", None)
-        (loss if scaler is None else scaler.scale(loss)).backward()
-        return {"loss": loss, "y_pred": y_pred}
+        scale = self.l2_sp * (1.0 if scaler is None else float(scaler.get_scale()))
+        with torch.no_grad():
+            for param, anchor in self._anchors:
+                if param.grad is not None:
+                    param.grad.add_(param - anchor, alpha=scale)
 
     def _step_optimizer(self, step_fn):
         scaler = getattr(self, "grad_scaler_", None)
@@ -172,15 +190,6 @@ class _TransferSkorchNet(NeuralNet):
         with amp_context(self.device, self.precision):
             out = super().evaluation_step(batch, training=training)
         return out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
-
-    def get_loss(self, y_pred, y_true, X=None, training=False):
-        loss = super().get_loss(y_pred, y_true, X=X, training=training)
-        if not (training and self.l2_sp):
-            return loss
-        if getattr(self, "_anchors", None) is None:
-            # the weights this fit starts from (the pretrained ones): taken at its first step
-            self._anchors = trained_backbone_anchors(self.module_)
-        return loss + self.l2_sp * l2_sp_penalty(self._anchors)
 
     def get_all_learnable_params(self):
         for name, param in self.module_.named_parameters():

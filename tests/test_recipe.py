@@ -271,3 +271,29 @@ def test_flip_augmentation_needs_images(tiny_vectors):
     X, y = tiny_vectors
     with pytest.raises(ValueError, match="transforms images"):
         TransferClassifier("test_mlp", weights=None, augment="flip").fit(X, y)
+
+
+def test_l2_sp_step_is_the_gradient_of_its_penalty(tiny_images):
+    """The in-place L2-SP term equals autograd's gradient of loss + l2_sp/2 ||w - w0||^2."""
+    from sktransfer._training import TrainingConfig, make_skorch_net
+
+    X, y = tiny_images
+    clf = _clf(max_epochs=1, freeze_depth=1, lr_schedule="constant").fit(X, y)
+    net = clf.module_
+    moved = {n: p.detach().clone() for n, p in net.stages.named_parameters()}
+    config = TrainingConfig(lr=0.1, max_epochs=1, batch_size=8, seed=0, device="cpu",
+                            l2_sp=0.5)
+    skorch_net = make_skorch_net(net, torch.nn.CrossEntropyLoss, config).initialize()
+    anchors = [(p, p.detach() - 0.1) for p in net.stages.parameters() if p.requires_grad]
+    skorch_net._anchors = anchors
+    batch = (torch.as_tensor(X[:8]), torch.as_tensor(y[:8]))
+    skorch_net.optimizer_.zero_grad()
+    skorch_net.train_step_single(batch)
+    ours = [p.grad.clone() for p, _ in anchors]
+    net.zero_grad()
+    loss = torch.nn.functional.cross_entropy(net(batch[0]), batch[1])
+    penalty = sum((p - a).pow(2).sum() for p, a in anchors) / 2
+    (loss + 0.5 * penalty).backward()
+    for got, (p, _) in zip(ours, anchors):
+        torch.testing.assert_close(got, p.grad, atol=1e-6, rtol=1e-5)
+    assert all(torch.equal(p, moved[n]) for n, p in net.stages.named_parameters())
