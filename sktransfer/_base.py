@@ -260,21 +260,21 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
     def _probe_head(self, net, src, spec, info, y, criterion, train_idx, config):
         """Linear-probe head start: the head set to a linear model fitted on the pretrained
         features of the training rows (computed once, through the activation cache)."""
-        n = len(net.stages)
-        key = self._prefix_key(info["backbone_name_"], info["weights_"], spec, n,
-                               config.seed if self.weights is None else None)
+        n, feats = len(net.stages), None
         with amp_context(config.device, self.precision):
-            feats = caching.prefix_activations(
-                net, n, src, key=key, device=config.device, batch_size=self._infer_batch_size(),
-                memory=self._memory() if self.cache is not False else None,
-            )
-        if feats is None:
-            feats = torch.from_numpy(batched_features(net, src, config.device,
-                                                      self._infer_batch_size()))
+            if self.cache is not False:
+                key = self._prefix_key(info["backbone_name_"], info["weights_"], spec, n,
+                                       config.seed if self.weights is None else None)
+                feats = caching.prefix_activations(
+                    net, n, src, key=key, device=config.device,
+                    batch_size=self._infer_batch_size(), memory=self._memory(),
+                )
+            if feats is None:  # no cache, or over its budget
+                feats = torch.from_numpy(batched_features(net, src, config.device,
+                                                          self._infer_batch_size()))
         weights = getattr(criterion, "class_weights", None)
         fit_probe_head(net.head, feats.numpy()[train_idx], y[train_idx],
                        classifier=self._is_classifier, class_weight=weights)
-        return True
 
     def _start_network(self, spec, y, sample):
         """``(net, attrs, warm)``: a fresh network from the pretrained weights, or

@@ -297,3 +297,16 @@ def test_l2_sp_step_is_the_gradient_of_its_penalty(tiny_images):
     for got, (p, _) in zip(ours, anchors):
         torch.testing.assert_close(got, p.grad, atol=1e-6, rtol=1e-5)
     assert all(torch.equal(p, moved[n]) for n, p in net.stages.named_parameters())
+
+
+def test_linear_probe_start_without_the_cache_stores_nothing(tiny_images):
+    from sktransfer import caching
+
+    X, y = tiny_images
+    caching.clear_cache()
+    cached = _clf(freeze_depth="all", head_init="linear_probe").fit(X, y)
+    assert caching.cache_info()["nbytes"] > 0
+    caching.clear_cache()
+    plain = _clf(freeze_depth="all", head_init="linear_probe", cache=False).fit(X, y)
+    assert caching.cache_info()["nbytes"] == 0
+    np.testing.assert_allclose(plain.predict_proba(X), cached.predict_proba(X), atol=1e-5)
