@@ -43,6 +43,7 @@ from ._runtime import resolve_device
 from ._state_codec import KINDS, decode, encode_estimator
 from .classifier import TransferClassifier
 from .features import TransferFeatures
+from .pretraining import AutoencoderPretrainer, ContrastivePretrainer
 from .regressor import TransferRegressor
 
 __all__ = ["load", "save"]
@@ -50,7 +51,8 @@ __all__ = ["load", "save"]
 # The classes save() writes and load() rebuilds: each declares its fitted state in
 # ``_persisted`` (attribute -> kind, see _KINDS) and checks it in ``_check_persisted``.
 _ESTIMATORS = {cls.__name__: cls for cls in (TransferClassifier, TransferRegressor,
-                                             TransferFeatures)}
+                                             TransferFeatures, ContrastivePretrainer,
+                                             AutoencoderPretrainer)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,10 +69,11 @@ def save(estimator, path):
 
     Parameters
     ----------
-    estimator : TransferClassifier, TransferRegressor or TransferFeatures
-        Fitted or not. Every hyperparameter must be a plain value (string, number, bool,
-        ``None``, path, or a list/tuple/dict of those): a callable backbone, callback
-        instances, a ``RandomState`` or a ``joblib.Memory`` cannot be stored this way.
+    estimator : TransferClassifier, TransferRegressor, TransferFeatures or a pretrainer
+        Fitted or not (the pretrainers of :mod:`sktransfer.pretraining` too). Every
+        hyperparameter must be a plain value (string, number, bool, ``None``, path, or a
+        list/tuple/dict of those): a callable backbone, callback instances, a ``RandomState``
+        or a ``joblib.Memory`` cannot be stored this way.
     path : str or path-like
         The folder; created if needed. Files of an earlier save there are replaced.
 
@@ -128,7 +131,7 @@ def load(path, *, device=None):
 
     Returns
     -------
-    estimator : TransferClassifier, TransferRegressor or TransferFeatures
+    estimator : TransferClassifier, TransferRegressor, TransferFeatures or a pretrainer
         Predicts exactly as the saved one did.
 
     Raises

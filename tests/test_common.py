@@ -3,6 +3,7 @@
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sktransfer import TransferClassifier, TransferRegressor
+from sktransfer.pretraining import AutoencoderPretrainer, ContrastivePretrainer
 
 ESTIMATORS = [
     TransferClassifier(
@@ -11,6 +12,8 @@ ESTIMATORS = [
     TransferRegressor(
         "test_mlp", weights=None, max_epochs=6, lr=0.1, batch_size=16, random_state=0
     ),
+    ContrastivePretrainer("test_mlp", weights=None, max_epochs=2, batch_size=16, random_state=0),
+    AutoencoderPretrainer("test_mlp", weights=None, max_epochs=2, batch_size=16, random_state=0),
 ]
 
 # Checks that cannot pass for a written reason; kept strict so a fix is noticed.

@@ -42,6 +42,7 @@ PUBLIC_MODULES = [
     "sktransfer.images",
     "sktransfer.persistence",
     "sktransfer.plotting",
+    "sktransfer.pretraining",
     "sktransfer.regressor",
 ]
 
