@@ -355,7 +355,7 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         (``warm_start``) a copy of the fitted one; the fitted attributes that describe it."""
         n_outputs = self._n_outputs(y)
         if not (self.warm_start and hasattr(self, "module_")):
-            built = self._build_network(spec, n_outputs, sample, weights=self.weights)
+            built = self._build_network(spec, n_outputs, sample, weights=self._starting_weights())
             return built.net, {
                 "backbone_name_": built.backbone_name, "weights_": built.weights,
                 "n_frozen_stages_": built.n_frozen, "n_features_out_": built.n_features,
@@ -372,6 +372,11 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         net.refreeze(k, **_refreeze_options(self.batchnorm))
         return net, {"backbone_name_": self.backbone_name_, "weights_": self.weights_,
                      "n_frozen_stages_": k, "n_features_out_": self.n_features_out_}, True
+
+    def _starting_weights(self):
+        """What a fresh network starts from: ``weights`` (a semi-supervised classifier fit
+        gives the stages pretrained in its stage one instead)."""
+        return self.weights
 
     def _split(self, y, seed):
         """Training and validation indices (``None`` for validation without early stopping)."""

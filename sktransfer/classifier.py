@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.preprocessing import LabelEncoder
+from sklearn.utils import _safe_indexing
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import column_or_1d
 
 from ._base import TransferEstimatorMixin
-from ._compat import StrOptions, _fit_context
+from ._compat import HasMethods, StrOptions, _fit_context
+from ._model_folder import saved_stages_of
+from ._runtime import seed_from
+from .pretraining import AutoencoderPretrainer, ContrastivePretrainer
 
 __all__ = ["TransferClassifier"]
 
@@ -134,6 +138,21 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         Extra skorch callbacks (instances or ``(name, callback)`` tuples).
     warm_start : bool, default=False
         Continue from the previous fit instead of the pretrained weights and a fresh head.
+    unlabeled : {"contrastive", "autoencoder"}, pretrainer or None, default=None
+        Semi-supervised fitting: rows of y labelled -1 (scikit-learn's marker of unlabeled
+        samples, as in :mod:`sklearn.semi_supervised`) are unlabeled. ``fit`` then runs stage
+        one, self-supervised pretraining of the backbone on every row of X (starting from
+        ``weights``; see :mod:`sktransfer.pretraining`), and fine-tunes the pretrained
+        backbone on the labeled rows. ``"contrastive"`` and ``"autoencoder"`` use
+        :class:`~sktransfer.pretraining.ContrastivePretrainer` or
+        :class:`~sktransfer.pretraining.AutoencoderPretrainer` with their defaults and
+        ``max_epochs``; a pretrainer instance sets stage one's own hyperparameters (its
+        ``backbone``, ``weights``, ``input_size``, ``image_shape``, ``grayscale`` and
+        ``device`` are this classifier's, so the stages fit). With ``warm_start`` and a
+        previous fit, stage one is skipped. ``None``: every row is
+        labeled, and integer (or integral float) y holding -1 beside two or more other
+        labels is refused with a ``ValueError`` rather than -1 taken for a class (binary
+        ``{-1, 1}`` labels are classes as usual).
 
     Attributes
     ----------
@@ -194,6 +213,8 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
     _parameter_constraints = {
         **TransferEstimatorMixin._parameter_constraints,
         "class_weight": [dict, StrOptions({"balanced"}), None],
+        "unlabeled": [StrOptions({"contrastive", "autoencoder"}),
+                      HasMethods(["fit", "transform", "save_weights"]), None],
     }
     _persisted = {**TransferEstimatorMixin._persisted, "classes_": "labels"}
     _is_classifier = True
@@ -230,6 +251,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         verbose=0,
         callbacks=None,
         warm_start=False,
+        unlabeled=None,
     ):
         self.backbone = backbone
         self.weights = weights
@@ -260,6 +282,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         self.verbose = verbose
         self.callbacks = callbacks
         self.warm_start = warm_start
+        self.unlabeled = unlabeled
 
     # -- labels ---------------------------------------------------------------------------
 
@@ -279,6 +302,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
             )
         if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
             raise ValueError("Input y contains NaN or infinity.")
+        _refuse_unlabeled_marker(y)
         check_classification_targets(y)
         if type_of_target(y) not in ("binary", "multiclass"):
             raise ValueError(f"Unknown label type: {type_of_target(y)!r}.")
@@ -329,7 +353,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         X : array-like
             Images ``(N, H, W, C)``, ``(N, C, H, W)`` or ``(N, H, W)``; or ``(N, F)`` vectors.
         y : array-like of shape (n_samples,)
-            Labels of any type.
+            Labels of any type. With ``unlabeled`` set, -1 marks the unlabeled rows.
 
         Returns
         -------
@@ -346,8 +370,75 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         ...                          random_state=0).fit(X, y)
         >>> clf.classes_.tolist(), clf.n_features_in_, len(clf.history_)
         (['cat', 'dog'], 768, 2)
+
+        Semi-supervised: contrastive pretraining on all 20 rows, fine-tuning on the 6 labeled:
+
+        >>> y = np.array([0, 1, 2] * 2 + [-1] * 14)
+        >>> clf = TransferClassifier("test_cnn", weights=None, unlabeled="contrastive",
+        ...                          max_epochs=2, random_state=0).fit(X, y)
+        >>> clf.classes_.tolist(), clf.weights_.startswith("ContrastivePretrainer on 20 rows")
+        ([0, 1, 2], True)
         """
-        return self._fit(X, y)
+        if self.unlabeled is None:
+            return self._fit(X, y)
+        return self._fit_semi_supervised(X, y)
+
+    # -- semi-supervised fits -------------------------------------------------------------
+
+    def _fit_semi_supervised(self, X, y):
+        """Stage one (self-supervised pretraining on every row), then fine-tuning on the
+        labeled rows, starting from the stages of stage one."""
+        y = np.asarray(y) if not hasattr(y, "iloc") else y.to_numpy()
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        if y.ndim != 1 or len(y) != _num_samples(X):
+            return self._fit(X, y)  # which says what is wrong with y
+        unlabeled = _unlabeled_rows(y)
+        labeled = np.flatnonzero(~unlabeled)
+        if len(labeled) == 0:
+            raise ValueError(
+                f"Every row of y is -1 (unlabeled): unlabeled={self.unlabeled!r} fine-tunes on "
+                "the labeled rows after pretraining on all of them, and there are none. Label "
+                "some rows, or pretrain alone with sktransfer.pretraining.ContrastivePretrainer."
+            )
+        if self.warm_start and hasattr(self, "module_"):  # continues the previous fit
+            return self._fit(_safe_indexing(X, labeled), y[labeled])
+        self._encode_y(y[labeled], n_samples=len(labeled))  # label errors before stage one
+        pretrainer = self._stage_one_pretrainer(seed_from(self.random_state))
+        pretrainer.fit(X)
+        self._stage_one_weights = saved_stages_of(
+            pretrainer.module_.state_dict(), backbone_name=pretrainer.backbone_name_,
+            stage_names=pretrainer.stage_names_,
+            source=f"{type(pretrainer).__name__} on {len(y)} rows ({int(unlabeled.sum())} "
+                   "unlabeled)",
+            origin=f"starting from {pretrainer.weights_ or 'random initialisation'}",
+            grayscale=self.grayscale,
+        )
+        try:
+            return self._fit(_safe_indexing(X, labeled), y[labeled])
+        finally:
+            del self._stage_one_weights
+
+    def _stage_one_pretrainer(self, seed):
+        """The pretrainer of stage one: this classifier's network settings, the method's
+        hyperparameters."""
+        network = {
+            "backbone": self.backbone, "weights": self.weights, "input_size": self.input_size,
+            "image_shape": self.image_shape, "grayscale": self.grayscale,
+            "device": self.device,
+        }
+        if isinstance(self.unlabeled, str):
+            cls = {"contrastive": ContrastivePretrainer,
+                   "autoencoder": AutoencoderPretrainer}[self.unlabeled]
+            return cls(**network, max_epochs=self.max_epochs, random_state=seed,
+                       verbose=self.verbose)
+        pretrainer = clone(self.unlabeled).set_params(**network)
+        if pretrainer.get_params().get("random_state") is None:
+            pretrainer.set_params(random_state=seed)
+        return pretrainer
+
+    def _starting_weights(self):
+        return getattr(self, "_stage_one_weights", None) or self.weights
 
     def predict_proba(self, X):
         """Class probabilities, columns in the order of ``classes_``.
@@ -430,3 +521,41 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         """
         scores = self._forward(X)
         return self.classes_[np.argmax(scores, axis=1)]
+
+
+def _num_samples(X):
+    return X.shape[0] if hasattr(X, "shape") and len(X.shape) else len(X)
+
+
+def _numeric_labels(y):
+    return y.dtype.kind in "iuf" or (
+        y.dtype.kind == "O" and len(y) and all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            for v in y))
+
+
+def _unlabeled_rows(y):
+    """Rows whose label is -1 (scikit-learn's marker of unlabeled samples) in numeric y."""
+    if not _numeric_labels(y):
+        return np.zeros(len(y), dtype=bool)
+    return np.asarray(y == -1, dtype=bool)
+
+
+def _refuse_unlabeled_marker(y):
+    """Integer (or integral float) y with -1 beside two or more other labels follows the
+    semi-supervised convention; fitted without ``unlabeled``, -1 would silently become a class.
+    (Binary {-1, 1} labels pass: -1 is then a class, as everywhere in scikit-learn.)"""
+    marked = _unlabeled_rows(y)
+    if not marked.any():
+        return
+    others = np.unique(y[~marked])
+    if len(others) >= 2 or len(others) == 0:
+        shown = ", ".join(str(v) for v in others[:5]) + (" ..." if len(others) > 5 else "")
+        where = (f"beside the labels {shown}" if len(others) else "in every row")
+        raise ValueError(
+            f"y holds -1 in {int(marked.sum())} row(s) {where}: scikit-learn marks unlabeled "
+            "rows with -1 (sklearn.semi_supervised). To use them, pass unlabeled='contrastive' "
+            "(or 'autoencoder', or a pretrainer): the backbone is pretrained on every row, then "
+            "fine-tuned on the labeled ones. To ignore them, drop those rows. If -1 is a class "
+            "of its own, give the labels another type (e.g. y.astype(str))."
+        )

@@ -331,3 +331,103 @@ def test_domain_adaptive_pretraining_from_imagenet_weights(tmp_path):
                              input_size=32, max_epochs=1, random_state=0).fit(X, [0, 1] * 8)
     assert clf.predict_proba(X).shape == (16, 2)
 
+
+# ---------------------------------------------------------------------------------------------
+# Semi-supervised fits: TransferClassifier(unlabeled=...) and SelfTrainingClassifier
+# ---------------------------------------------------------------------------------------------
+
+CLF = dict(weights=None, max_epochs=2, random_state=0, device="cpu")
+
+
+def _semi_supervised(n=40, n_labeled=12):
+    X = _images(n)
+    y = np.array([0, 1, 2, 3] * (n // 4))
+    y[n_labeled:] = -1
+    return X, y
+
+
+@pytest.mark.parametrize("method", ["contrastive", "autoencoder"])
+def test_unlabeled_rows_pretrain_the_backbone_then_the_labeled_rows_fine_tune(method):
+    X, y = _semi_supervised()
+    clf = TransferClassifier("test_cnn", **CLF, unlabeled=method).fit(X, y)
+    assert clf.classes_.tolist() == [0, 1, 2, 3]
+    assert clf.weights_.startswith(f"{method.capitalize()}Pretrainer on 40 rows (28 unlabeled)")
+    assert clf.n_features_in_ == 8 * 8 * 3
+    again = TransferClassifier("test_cnn", **CLF, unlabeled=method).fit(X, y)
+    np.testing.assert_array_equal(again.predict_proba(X), clf.predict_proba(X))
+    assert not hasattr(clf, "_stage_one_weights")
+
+
+def test_stage_one_starts_fine_tuning_exactly_where_the_pretrainer_ended(tmp_path):
+    X, y = _semi_supervised()
+    clf = TransferClassifier("test_cnn", **CLF, freeze_depth="all", unlabeled="contrastive")
+    clf.fit(X, y)
+    pre = ContrastivePretrainer("test_cnn", weights=None, max_epochs=2, random_state=0,
+                                device="cpu").fit(X)
+    ours, theirs = clf.module_.stages.state_dict(), pre.module_.stages.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_a_pretrainer_instance_sets_stage_one_and_clones_like_any_parameter():
+    X, y = _semi_supervised()
+    clf = TransferClassifier(
+        "test_cnn", **CLF, unlabeled=ContrastivePretrainer(max_epochs=1, temperature=0.2))
+    assert clf.get_params()["unlabeled__temperature"] == 0.2
+    clone(clf).set_params(unlabeled__max_epochs=1).fit(X, y)
+    assert clf.unlabeled.get_params()["backbone"] == "efficientnet_lite0"  # never mutated
+    search = GridSearchCV(clf, {"unlabeled__temperature": [0.2, 0.5]}, cv=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # folds whose labeled rows miss a class
+        search.fit(X[:24], np.r_[y[:12], [-1] * 12])
+    assert search.best_params_["unlabeled__temperature"] in (0.2, 0.5)
+
+
+def test_minus_one_beside_other_labels_needs_the_option():
+    X, y = _semi_supervised()
+    with pytest.raises(ValueError, match=r"-1 in 28 row\(s\) beside the labels 0, 1, 2, 3.*"
+                                         r"unlabeled='contrastive'"):
+        TransferClassifier("test_cnn", **CLF).fit(X, y)
+    with pytest.raises(ValueError, match="-1 in 28 row"):
+        TransferClassifier("test_cnn", **CLF).fit(X, y.astype(float))
+
+
+def test_binary_minus_one_and_one_labels_stay_classes():
+    X = _images(20)
+    clf = TransferClassifier("test_cnn", **CLF).fit(X, np.array([-1, 1] * 10))
+    assert clf.classes_.tolist() == [-1, 1]
+    assert set(clf.predict(X)) <= {-1, 1}
+    strings = TransferClassifier("test_cnn", **CLF).fit(X, np.array(["-1", "0", "1", "2"] * 5))
+    assert strings.classes_.tolist() == ["-1", "0", "1", "2"]
+
+
+def test_all_rows_unlabeled_is_refused_with_or_without_the_option():
+    X = _images(20)
+    y = np.full(20, -1)
+    with pytest.raises(ValueError, match=r"-1 in 20 row\(s\) in every row.*unlabeled="):
+        TransferClassifier("test_cnn", **CLF).fit(X, y)
+    with pytest.raises(ValueError, match=r"Every row of y is -1.*ContrastivePretrainer"):
+        TransferClassifier("test_cnn", **CLF, unlabeled="contrastive").fit(X, y)
+
+
+def test_label_errors_come_before_stage_one():
+    X = _images(20)
+    y = np.array([0] * 4 + [-1] * 16)
+    clf = TransferClassifier("test_cnn", **CLF, unlabeled="contrastive")
+    with pytest.raises(ValueError, match="only one class"):
+        clf.fit(X, y)
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        clf.fit(X, y[:10])
+
+
+def test_self_training_classifier_wraps_the_classifier():
+    from sklearn.semi_supervised import SelfTrainingClassifier
+
+    X, y = _semi_supervised(48, 24)
+    base = TransferClassifier("test_cnn", image_shape=(8, 8, 3), **CLF)
+    st = SelfTrainingClassifier(base, criterion="k_best", k_best=8, max_iter=2)
+    st.fit(X.reshape(48, -1), y)
+    assert st.classes_.tolist() == [0, 1, 2, 3]
+    assert (st.transduction_[24:] != -1).sum() == 16  # two rounds of 8 pseudo-labels
+    proba = st.predict_proba(X.reshape(48, -1))
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert st.estimator_.n_iter_ == 2
