@@ -279,17 +279,23 @@ KINDS = {
 # ---------------------------------------------------------------------------------------------
 
 
-def encode_estimator(estimator):
+def encode_estimator(estimator, *, lenient=False):
     """``(body, state)`` for :func:`sktransfer._model_folder.write_model_folder`: the versions,
     class name, hyperparameters and declared fitted attributes (``None`` when unfitted) of
     ``estimator``, and its network's state dict on the CPU (``None`` when unfitted).
 
+    With ``lenient=True`` (a fitted model saved as starting weights), a hyperparameter the
+    safe format cannot hold is written as its default value and named in the body's
+    ``"params_defaulted"``, and a callable backbone by its resolved name: the fitted model does
+    not depend on them (callbacks, a callable augmentation, a ``RandomState``).
+
     Raises
     ------
     ValueError
-        If a hyperparameter or fitted attribute cannot be represented, naming it.
+        If a hyperparameter (unless ``lenient``) or fitted attribute cannot be represented,
+        naming it.
     """
-    params = _encode_params(estimator)
+    params, defaulted = _encode_params(estimator, lenient=lenient)
     fitted, state = _encode_fitted(estimator) if hasattr(estimator, "module_") else (None, None)
     body = {
         "versions": _versions(),
@@ -297,16 +303,25 @@ def encode_estimator(estimator):
         "params": params,
         "fitted": fitted,
     }
+    if defaulted:
+        body["params_defaulted"] = defaulted
     return body, state
 
 
-def _encode_params(estimator):
+def _encode_params(estimator, *, lenient=False):
     name = type(estimator).__name__
-    params = {}
+    params, defaulted = {}, []
+    defaults = type(estimator)().get_params(deep=False) if lenient else {}
     for key, value in estimator.get_params(deep=False).items():
+        if lenient and key == "backbone" and not is_buildable_backbone(value):
+            value = getattr(estimator, "backbone_name_", value)
         try:
             params[key] = encode(value)
         except Unrepresentable as exc:
+            if lenient:
+                params[key] = encode(defaults[key])
+                defaulted.append(key)
+                continue
             inner = exc.args[0]
             hint = ""
             if key == "backbone":
@@ -321,12 +336,12 @@ def _encode_params(estimator):
                 f"and dicts of those.{hint} Set {key} to a plain value before saving, or use "
                 "pickle/joblib (trusted files only)."
             ) from None
-    if not is_buildable_backbone(estimator.backbone):
+    if not lenient and not is_buildable_backbone(estimator.backbone):
         raise ValueError(
             f"Cannot save {name} with backbone={estimator.backbone!r}: it is not a registered, "
             "torchvision or 'timm:' backbone name, so load() could not rebuild it."
         )
-    return params
+    return params, defaulted
 
 
 def _encode_fitted(estimator):

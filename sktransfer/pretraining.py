@@ -221,9 +221,13 @@ class _Pretrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BackboneEst
         """Save the pretrained model as a folder that ``weights=path`` starts from.
 
         The folder is the one :func:`sktransfer.save` writes (JSON config and safetensors,
-        no pickle): :func:`sktransfer.load` reads it back as this pretrainer, and any
-        estimator's ``weights=path`` loads its backbone stages, dropping the projection head
-        or decoder.
+        no pickle): any estimator's ``weights=path`` loads its backbone stages, dropping the
+        projection head or decoder, and :func:`sktransfer.load` reads it back as this
+        pretrainer. Unlike :func:`sktransfer.save`, it also saves a pretrainer whose
+        hyperparameters the safe format cannot hold, which the trained weights do not depend
+        on: callbacks, a callable ``augment`` or a ``RandomState`` are written as their
+        defaults (listed in the config's ``params_defaulted``), a callable backbone by its
+        name.
 
         Parameters
         ----------
@@ -251,7 +255,7 @@ class _Pretrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BackboneEst
         True
         """
         check_is_fitted(self, "module_")
-        return write_model_folder(path, *encode_estimator(self))
+        return write_model_folder(path, *encode_estimator(self, lenient=True))
 
     @property
     def _n_features_out(self):

@@ -1,6 +1,7 @@
 """Self-supervised pretraining: the loss, the views, and the two pretrainers as scikit-learn
 estimators that hand their backbone on to fine-tuning."""
 
+import json
 import math
 import pickle
 import random
@@ -209,6 +210,37 @@ def test_save_load_and_pickle_round_trips(cls, tmp_path):
         unfitted.transform(X)
     with pytest.raises(NotFittedError):
         unfitted.save_weights(tmp_path / "c")
+
+
+def test_save_weights_stores_what_the_weights_depend_on_even_when_save_refuses(tmp_path):
+    from torchvision.transforms import v2
+
+    X = _images()
+    pre = ContrastivePretrainer("test_cnn", **TINY, augment=v2.RandomHorizontalFlip(),
+                                callbacks=[_InterruptAt(99)]).fit(X)
+    with pytest.raises(ValueError, match="hyperparameter augment="):
+        sktransfer.save(pre, tmp_path / "a")
+    folder = pre.save_weights(tmp_path / "b")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["params_defaulted"] == ["augment", "callbacks"]
+    loaded = sktransfer.load(folder)
+    assert loaded.augment == "simclr" and loaded.callbacks is None
+    np.testing.assert_array_equal(loaded.transform(X), pre.transform(X))
+    clf = TransferClassifier("test_cnn", weights=folder, max_epochs=1, random_state=0)
+    assert clf.fit(X, [0, 1] * 12).weights_.startswith(str(folder))
+
+
+def test_save_weights_of_a_callable_backbone_names_it(tmp_path):
+    from sktransfer.backbones import _test_cnn
+
+    X = _images()
+    pre = AutoencoderPretrainer(_test_cnn, **TINY).fit(X)
+    folder = pre.save_weights(tmp_path / "c")
+    assert json.loads((folder / "config.json").read_text())["params"]["backbone"] == "_test_cnn"
+    feats = TransferClassifier(_test_cnn, weights=folder, freeze_depth="all", max_epochs=1,
+                               random_state=0).fit(X, [0, 1] * 12)
+    ours, theirs = feats.module_.stages.state_dict(), pre.module_.stages.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
 def test_continuing_from_a_saved_model_and_freeze_depth(tmp_path):
