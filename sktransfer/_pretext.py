@@ -302,7 +302,8 @@ class MapDecoder(nn.Module):
 
     A 1x1 convolution to ``width`` channels, then as many (bilinear 2x upsampling, 3x3
     convolution, ReLU) steps as it takes to reach ``H x W``, halving the channels at each step
-    (at least 8), and a 3x3 convolution to ``C_out``; resized to exactly ``H x W``.
+    (at least 8), and a 3x3 convolution to ``C_out``; resized to exactly ``H x W``. Light on
+    purpose: a strong decoder would learn what the backbone should.
 
     Examples
     --------
@@ -312,7 +313,7 @@ class MapDecoder(nn.Module):
     torch.Size([5, 3, 16, 16])
     """
 
-    def __init__(self, in_channels, map_size, out_channels, out_size, width=64):
+    def __init__(self, in_channels, map_size, out_channels, out_size, width=32):
         super().__init__()
         self.out_size = tuple(int(s) for s in out_size)
         steps = max(0, math.ceil(math.log2(max(self.out_size[0] / map_size[0],
