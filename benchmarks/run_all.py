@@ -6,7 +6,9 @@
 
 The results section of ``benchmarks/README.md`` (between the two ``results`` markers) is
 rewritten from the output of a full run of all benchmarks, with the machine, torch version,
-date and command: its figures are never typed in by hand.
+date and command: its figures are never typed in by hand. A run of some of them (``--only``)
+replaces their own part of that section (each benchmark's output sits between
+``<!-- name -->`` and ``<!-- /name -->``), headed by the machine and command of that run.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ BENCHMARKS = [
     "bench_predict",
     "bench_memory",
     "bench_throughput",
+    "bench_pretraining",
 ]
 README = os.path.join(HERE, "README.md")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -59,6 +62,33 @@ def update_readme(text):
         fh.write(f"{head}{START}\n{text.rstrip()}\n{END}{tail}")
 
 
+def marked(name, text):
+    return f"<!-- {name} -->\n{text.rstrip()}\n<!-- /{name} -->\n"
+
+
+def update_readme_parts(parts):
+    """Replace (or add, before the closing line) the marked parts of the results section."""
+    with open(README) as fh:
+        content = fh.read()
+    if START not in content or END not in content:
+        raise SystemExit(f"{README} has no {START} ... {END} section to update.")
+    head, rest = content.split(START, 1)
+    body, tail = rest.split(END, 1)
+    for name, text in parts.items():
+        begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+        if begin in body and end in body:
+            before, after = body.split(begin, 1)
+            body = before + marked(name, text).rstrip("\n") + after.split(end, 1)[1]
+        else:
+            lines = body.rstrip("\n").split("\n")
+            closing = lines.pop() if lines and lines[-1].startswith("Total time") else None
+            body = "\n".join(lines).rstrip("\n") + "\n\n" + marked(name, text)
+            if closing is not None:
+                body += "\n" + closing
+    with open(README, "w") as fh:
+        fh.write(f"{head}{START}{body.rstrip()}\n{END}{tail}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke runs")
@@ -77,16 +107,23 @@ def main(argv=None):
         "the machine is shared, see each benchmark's load line).\n"
     )
     print(header, flush=True)
-    sections, total = [], 0.0
+    sections, total = {}, 0.0
     for name in names:
         out, seconds = run(name, args.quick, args.threads)
-        sections.append(out)
+        sections[name] = out
         total += seconds
     footer = f"Total time: {total / 60:.1f} min; load average at end: {loadavg()}.\n"
     print(footer)
-    if not args.quick and not args.no_readme and names == BENCHMARKS:
-        update_readme("\n".join([header, *sections, footer]))
-        print(f"Results written to {README}.")
+    if args.quick or args.no_readme:
+        return
+    if names == BENCHMARKS:
+        update_readme("\n".join([header, *(marked(n, t) for n, t in sections.items()), footer]))
+    else:
+        update_readme_parts({
+            n: f"{header}\n{text}\nTime: {total / 60:.1f} min; load average at end: "
+               f"{loadavg()}.\n" for n, text in sections.items()
+        })
+    print(f"Results written to {README}.")
 
 
 if __name__ == "__main__":
