@@ -80,13 +80,13 @@ FULL = dict(
     source_epochs=3, target_per_class=20,
     # (b), (c)
     n_unlabeled=10_000, labeled_per_class=50,
-    ssl=dict(max_epochs=20, batch_size=64, lr=1e-3),
+    ssl=dict(max_epochs=15, batch_size=64, lr=1e-3),
     self_training=dict(criterion="k_best", k_best=1000, max_iter=1),
     dapt=dict(max_epochs=3, batch_size=64, lr=1e-4, input_size=32, freeze_depth=0),
     probe_every=1,
     # fine-tuning, the same recipe for every arm of a part
     fine_tune=dict(freeze_depth=0, lr=0.01, momentum=0.9, max_epochs=30, batch_size=32),
-    fine_tune_lite0=dict(freeze_depth=0, lr=0.01, momentum=0.9, max_epochs=15, batch_size=32,
+    fine_tune_lite0=dict(freeze_depth=0, lr=0.01, momentum=0.9, max_epochs=8, batch_size=32,
                          input_size=32),
 )
 QUICK = dict(
