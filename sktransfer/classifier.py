@@ -527,16 +527,21 @@ def _num_samples(X):
     return X.shape[0] if hasattr(X, "shape") and len(X.shape) else len(X)
 
 
-def _numeric_labels(y):
-    return y.dtype.kind in "iuf" or (
-        y.dtype.kind == "O" and len(y) and all(
-            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-            for v in y))
+def _integral_labels(y):
+    """Whether y holds integers (of an integer dtype, or integral floats or Python numbers)."""
+    if y.dtype.kind in "iu":
+        return True
+    if y.dtype.kind == "O":
+        if not all(isinstance(v, (int, float, np.integer, np.floating))
+                   and not isinstance(v, (bool, np.bool_)) for v in y):
+            return False
+        y = y.astype(float)
+    return y.dtype.kind == "f" and bool(np.all(np.isfinite(y) & (y == np.round(y))))
 
 
 def _unlabeled_rows(y):
-    """Rows whose label is -1 (scikit-learn's marker of unlabeled samples) in numeric y."""
-    if not _numeric_labels(y):
+    """Rows whose label is -1 (scikit-learn's marker of unlabeled samples) in integral y."""
+    if not len(y) or not _integral_labels(y):
         return np.zeros(len(y), dtype=bool)
     return np.asarray(y == -1, dtype=bool)
 
@@ -551,9 +556,10 @@ def _refuse_unlabeled_marker(y):
     others = np.unique(y[~marked])
     if len(others) >= 2 or len(others) == 0:
         shown = ", ".join(str(v) for v in others[:5]) + (" ..." if len(others) > 5 else "")
-        where = (f"beside the labels {shown}" if len(others) else "in every row")
+        where = (f"in {int(marked.sum())} row(s) beside the labels {shown}" if len(others)
+                 else f"in every row ({len(y)})")
         raise ValueError(
-            f"y holds -1 in {int(marked.sum())} row(s) {where}: scikit-learn marks unlabeled "
+            f"y holds -1 {where}: scikit-learn marks unlabeled "
             "rows with -1 (sklearn.semi_supervised). To use them, pass unlabeled='contrastive' "
             "(or 'autoencoder', or a pretrainer): the backbone is pretrained on every row, then "
             "fine-tuned on the labeled ones. To ignore them, drop those rows. If -1 is a class "

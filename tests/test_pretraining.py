@@ -423,6 +423,13 @@ def test_minus_one_beside_other_labels_needs_the_option():
         TransferClassifier("test_cnn", **CLF).fit(X, y.astype(float))
 
 
+def test_continuous_targets_with_minus_one_are_still_continuous():
+    X = _images(20)
+    y = np.r_[[-1.0] * 5, np.linspace(0.1, 0.9, 15)]
+    with pytest.raises(ValueError, match="Unknown label type: continuous"):
+        TransferClassifier("test_cnn", **CLF).fit(X, y)
+
+
 def test_binary_minus_one_and_one_labels_stay_classes():
     X = _images(20)
     clf = TransferClassifier("test_cnn", **CLF).fit(X, np.array([-1, 1] * 10))
@@ -435,7 +442,7 @@ def test_binary_minus_one_and_one_labels_stay_classes():
 def test_all_rows_unlabeled_is_refused_with_or_without_the_option():
     X = _images(20)
     y = np.full(20, -1)
-    with pytest.raises(ValueError, match=r"-1 in 20 row\(s\) in every row.*unlabeled="):
+    with pytest.raises(ValueError, match=r"-1 in every row \(20\).*unlabeled="):
         TransferClassifier("test_cnn", **CLF).fit(X, y)
     with pytest.raises(ValueError, match=r"Every row of y is -1.*ContrastivePretrainer"):
         TransferClassifier("test_cnn", **CLF, unlabeled="contrastive").fit(X, y)
