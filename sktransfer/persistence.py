@@ -23,7 +23,9 @@ unpickling), but unpickling runs code chosen by whoever wrote the file: use them
 files you trust.
 
 What is stored of a fitted estimator is what its class declares in ``_persisted`` (fitted
-attribute -> kind); this module knows how to write and check each kind, never a class.
+attribute -> kind); this module knows how to write and check each kind, never a class. The
+folder format itself (writing, and reading with the size and hash checks) lives in
+:mod:`sktransfer._model_folder`, which ``weights=<model folder>`` uses too.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pathlib import Path
 import torch
 
 from ._model_folder import (
+    CONFIG_NAME,
     ConfigError,
     read_model_config,
     read_model_weights,
@@ -166,7 +169,7 @@ def load(path, *, device=None):
         return _load_checked(folder, config, device)
     except ConfigError as exc:
         raise ValueError(
-            f"{str(folder / 'config.json')!r} is malformed or was tampered with: {exc}"
+            f"{str(folder / CONFIG_NAME)!r} is malformed or was tampered with: {exc}"
         ) from None
 
 
