@@ -50,7 +50,9 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         model name, ``"timm:<name>"``, or a callable returning an ``nn.Module``.
     weights : str, path-like or None, default="DEFAULT"
         ``"DEFAULT"`` (or a torchvision weights name) for the pretrained weights, a local
-        ``.safetensors``/``.pt``/``.pth`` file, or ``None`` for random initialisation.
+        ``.safetensors``/``.pt``/``.pth`` file, a model folder written by
+        :func:`~sktransfer.save` or a pretrainer's ``save_weights`` (its backbone stages, its
+        head dropped), or ``None`` for random initialisation.
     freeze_depth : int or "all", default=-1
         ``k >= 0`` freezes the first ``k`` stages (0 fine-tunes everything); ``-k`` trains only
         the last ``k`` stages; ``"all"`` trains the new head alone (a linear probe).
