@@ -2,13 +2,14 @@
 
     python benchmarks/run_all.py            # full run (what ``make bench`` does); updates README
     python benchmarks/run_all.py --quick    # smoke run in seconds; README untouched
-    python benchmarks/run_all.py --only bench_predict bench_memory   # those sections only
+    python benchmarks/run_all.py --only bench_predict bench_memory   # those parts only
     python benchmarks/run_all.py --only bench_recipe --no-readme
 
 The results section of ``benchmarks/README.md`` (between the two ``results`` markers) is
 rewritten from the output of a full run of all benchmarks, with the machine, torch version,
-date and command; a run of some benchmarks (``--only``) replaces their sections alone, each
-stamped with its own machine line and command. Its figures are never typed in by hand.
+date and command: its figures are never typed in by hand. A run of some of them (``--only``)
+replaces their own part of that section (each benchmark's output sits between
+``<!-- name -->`` and ``<!-- /name -->``), headed by the machine and command of that run.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ BENCHMARKS = [
     "bench_throughput",
     "bench_recipe",
     "bench_saliency",
+    "bench_pretraining",
 ]
 README = os.path.join(HERE, "README.md")
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -68,29 +70,26 @@ def update_readme(text):
         fh.write(f"{head}{START}\n{text.rstrip()}\n{END}{tail}")
 
 
-def _sections(body):
-    """``(preamble, {number: section})`` of a results block, split at its ``### N.`` titles."""
-    parts = body.split("\n### ")
-    sections = {}
-    for part in parts[1:]:
-        number = part.split(".", 1)[0].strip()
-        sections[number] = "### " + part.rstrip() + "\n"
-    return parts[0].rstrip() + "\n", sections
+def marked(name, text):
+    return f"<!-- {name} -->\n{text.rstrip()}\n<!-- /{name} -->\n"
 
 
-def update_sections(outputs, stamp):
-    """Replace, in the results block, the sections of the benchmarks that were run (each
-    stamped with its own machine line and command); the others stay as they were."""
+def update_readme_parts(parts):
+    """Replace (or add, before the closing line) the marked parts of the results section."""
     head, body, tail = _read_results()
-    preamble, sections = _sections("\n" + body.strip("\n") + "\n")
-    for out in outputs:
-        _, new = _sections("\n" + out.strip("\n") + "\n")
-        for number, text in new.items():
-            title, rest = text.split("\n", 1)
-            sections[number] = f"{title}\n\n_{stamp}_\n{rest}"
-    ordered = [sections[k] for k in sorted(sections, key=lambda k: int(k) if k.isdigit() else 99)]
+    for name, text in parts.items():
+        begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+        if begin in body and end in body:
+            before, after = body.split(begin, 1)
+            body = before + marked(name, text).rstrip("\n") + after.split(end, 1)[1]
+        else:
+            lines = body.rstrip("\n").split("\n")
+            closing = lines.pop() if lines and lines[-1].startswith("Total time") else None
+            body = "\n".join(lines).rstrip("\n") + "\n\n" + marked(name, text)
+            if closing is not None:
+                body += "\n" + closing
     with open(README, "w") as fh:
-        fh.write(f"{head}{START}\n{preamble}\n" + "\n".join(ordered) + f"\n{END}{tail}")
+        fh.write(f"{head}{START}{body.rstrip()}\n{END}{tail}")
 
 
 def main(argv=None):
@@ -111,20 +110,23 @@ def main(argv=None):
         "the machine is shared, see each benchmark's load line).\n"
     )
     print(header, flush=True)
-    sections, total = [], 0.0
+    sections, total = {}, 0.0
     for name in names:
         out, seconds = run(name, args.quick, args.threads)
-        sections.append(out)
+        sections[name] = out
         total += seconds
     footer = f"Total time: {total / 60:.1f} min; load average at end: {loadavg()}.\n"
     print(footer)
-    if not args.quick and not args.no_readme:
-        if names == BENCHMARKS:
-            update_readme("\n".join([header, *sections, footer]))
-        else:  # a part of the benchmarks: their sections only, each with its own stamp
-            update_sections(sections, f"Run on its own: {machine()}; command `{command}`; "
-                                      f"{total / 60:.1f} min")
-        print(f"Results written to {README}.")
+    if args.quick or args.no_readme:
+        return
+    if names == BENCHMARKS:
+        update_readme("\n".join([header, *(marked(n, t) for n, t in sections.items()), footer]))
+    else:
+        update_readme_parts({
+            n: f"{header}\n{text}\nTime: {total / 60:.1f} min; load average at end: "
+               f"{loadavg()}.\n" for n, text in sections.items()
+        })
+    print(f"Results written to {README}.")
 
 
 if __name__ == "__main__":

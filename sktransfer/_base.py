@@ -133,7 +133,9 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
 
     # -- fit ----------------------------------------------------------------------------------
 
-    def _fit(self, X, y):
+    def _fit(self, X, y, *, weights=None):
+        """Fit on X and y, from ``weights`` (default: the ``weights`` hyperparameter; a
+        semi-supervised fit passes the stages its stage one pretrained)."""
         if y is None:
             raise ValueError(
                 f"{type(self).__name__} requires y to be passed, but the target y is None."
@@ -151,7 +153,7 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
                 accelerator = make_accelerator(self.accelerator, self.precision, device)
                 device = str(accelerator.device)
             torch.manual_seed(seed)
-            fitted = self._train(X, y_enc, spec, criterion, TrainingConfig(
+            fitted = self._train(X, y_enc, spec, criterion, weights, TrainingConfig(
                 lr=self.lr if self.lr != "auto" else 0.0, max_epochs=self.max_epochs,
                 batch_size=self.batch_size, seed=seed,
                 device=device, optimizer=self.optimizer, momentum=self.momentum,
@@ -169,12 +171,12 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         self._set_input_attrs(X, spec, feature_names)
         return self
 
-    def _train(self, X, y, spec, criterion, config):
+    def _train(self, X, y, spec, criterion, weights, config):
         """Build (or copy) the network, prepare the data, start the head, train: the fitted
         attributes, set by ``_fit`` only once everything succeeded."""
         src = make_source(X, spec)
         sample = src.batch(np.arange(min(len(src), 2)))
-        net, info, warm = self._start_network(spec, y, sample)
+        net, info, warm = self._start_network(spec, y, sample, weights)
         net.to(config.device)
         data = self._training_data(net, src, spec, y, info, config, warm=warm, sample=sample)
         fitted = {**info, "module_": net, "stage_names_": list(net.stages._modules),
@@ -276,12 +278,13 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         fit_probe_head(net.head, feats.numpy()[train_idx], y[train_idx],
                        classifier=self._is_classifier, class_weight=weights)
 
-    def _start_network(self, spec, y, sample):
+    def _start_network(self, spec, y, sample, weights=None):
         """``(net, attrs, warm)``: a fresh network from the pretrained weights, or
         (``warm_start``) a copy of the fitted one; the fitted attributes that describe it."""
         n_outputs = self._n_outputs(y)
         if not (self.warm_start and hasattr(self, "module_")):
-            built = self._build_network(spec, n_outputs, sample, weights=self.weights)
+            weights = self.weights if weights is None else weights
+            built = self._build_network(spec, n_outputs, sample, weights=weights)
             return built.net, {
                 "backbone_name_": built.backbone_name, "weights_": built.weights,
                 "n_frozen_stages_": built.n_frozen, "n_features_out_": built.n_features,

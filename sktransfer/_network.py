@@ -19,6 +19,13 @@ from torch import nn
 from ._data import Preprocess
 from ._depthwise import use_fast_depthwise
 from ._freezing import apply_freezing, n_frozen_stages, set_frozen_eval
+from ._model_folder import (
+    SavedStages,
+    check_backbone_name,
+    is_model_folder,
+    load_saved_stages,
+    read_saved_stages,
+)
 from .backbones import _REGISTRY, get_backbone, list_backbones
 
 __all__ = [
@@ -199,8 +206,10 @@ def build_network(backbone, *, weights, spec, n_outputs, sample, freeze_depth=0,
     ----------
     backbone : str or callable
         As accepted by :func:`sktransfer.get_backbone`.
-    weights : str, path-like or None
-        Pretrained weights (``None``: random initialisation, drawn from torch's global RNG).
+    weights : str, path-like, SavedStages or None
+        Pretrained weights (``None``: random initialisation, drawn from torch's global RNG);
+        a folder written by :func:`sktransfer.save` (or :class:`SavedStages`) starts the
+        backbone from that model's stages.
     spec : InputSpec
         The input the network will take.
     n_outputs : int
@@ -267,6 +276,18 @@ def build_network(backbone, *, weights, spec, n_outputs, sample, freeze_depth=0,
 def _resolve(backbone, weights):
     if weights is None:
         return get_backbone(backbone, weights=None)  # random init: draws from the global RNG
+    if isinstance(weights, SavedStages) or is_model_folder(weights):
+        # the stages of a saved model (or of a pretraining run in this fit): a random
+        # backbone, drawn without touching the global RNG (the new head's initialisation must
+        # not depend on it), then every stage loaded strictly; the saved head is dropped
+        saved = weights if isinstance(weights, SavedStages) else read_saved_stages(weights)
+        if isinstance(backbone, str) and backbone in _REGISTRY:
+            check_backbone_name(saved, backbone, backbone)  # before building anything
+        with torch.random.fork_rng(devices=[]):
+            bb = get_backbone(backbone, weights=None)
+        load_saved_stages(bb.stages, saved, backbone_name=bb.name, requested=backbone)
+        bb.weights = saved.description
+        return bb
     # Building a pretrained backbone draws random numbers (layers initialise before the weights
     # are loaded), or none at all when it comes from the process's store of built backbones:
     # either way the new head must see the same generator state.

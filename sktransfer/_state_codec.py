@@ -18,11 +18,10 @@ import numpy as np
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 
+from ._network import is_buildable_backbone
 from ._spec import InputSpec
 
-__all__ = ["KINDS", "Unrepresentable", "decode", "encode", "is_int"]
-
-
+__all__ = ["KINDS", "Unrepresentable", "decode", "encode", "encode_estimator", "is_int"]
 
 
 class Unrepresentable(Exception):
@@ -291,3 +290,107 @@ KINDS = {
     "feature_names": (_encode_feature_names, _decode_feature_names),
     "target_scaler": (_encode_target_scaler, _decode_target_scaler),
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# An estimator -> the body of a model folder's config, and its network's state dict
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_estimator(estimator, *, lenient=False):
+    """``(body, state)`` for :func:`sktransfer._model_folder.write_model_folder`: the versions,
+    class name, hyperparameters and declared fitted attributes (``None`` when unfitted) of
+    ``estimator``, and its network's state dict on the CPU (``None`` when unfitted).
+
+    With ``lenient=True`` (a fitted model saved as starting weights), a hyperparameter the
+    safe format cannot hold is written as its default value and named in the body's
+    ``"params_defaulted"``, and a callable backbone by its resolved name: the fitted model does
+    not depend on them (callbacks, a callable augmentation, a ``RandomState``).
+
+    Raises
+    ------
+    ValueError
+        If a hyperparameter (unless ``lenient``) or fitted attribute cannot be represented,
+        naming it.
+    """
+    params, defaulted = _encode_params(estimator, lenient=lenient)
+    fitted, state = _encode_fitted(estimator) if hasattr(estimator, "module_") else (None, None)
+    body = {
+        "versions": _versions(),
+        "estimator": type(estimator).__name__,
+        "params": params,
+        "fitted": fitted,
+    }
+    if defaulted:
+        body["params_defaulted"] = defaulted
+    return body, state
+
+
+def _encode_params(estimator, *, lenient=False):
+    name = type(estimator).__name__
+    params, defaulted = {}, []
+    defaults = type(estimator)().get_params(deep=False) if lenient else {}
+    for key, value in estimator.get_params(deep=False).items():
+        if lenient and key == "backbone" and not is_buildable_backbone(value):
+            value = getattr(estimator, "backbone_name_", value)
+        try:
+            params[key] = encode(value)
+        except Unrepresentable as exc:
+            if lenient:
+                params[key] = encode(defaults[key])
+                defaulted.append(key)
+                continue
+            inner = exc.args[0]
+            hint = ""
+            if key == "backbone":
+                hint = (
+                    " Register the factory with sktransfer.register_backbone(name, factory) "
+                    "and pass backbone=name; the same registration must run before load()."
+                )
+            raise ValueError(
+                f"Cannot save {name}: the hyperparameter {key}={value!r} holds a "
+                f"{type(inner).__name__} ({inner!r}), which the safe format cannot represent; "
+                "it stores strings, finite numbers, booleans, None, paths, and lists, tuples "
+                f"and dicts of those.{hint} Set {key} to a plain value before saving, or use "
+                "pickle/joblib (trusted files only)."
+            ) from None
+    if not lenient and not is_buildable_backbone(estimator.backbone):
+        raise ValueError(
+            f"Cannot save {name} with backbone={estimator.backbone!r}: it is not a registered, "
+            "torchvision or 'timm:' backbone name, so load() could not rebuild it."
+        )
+    return params, defaulted
+
+
+def _encode_fitted(estimator):
+    """The declared fitted attributes as JSON values, and the network's state dict."""
+    fitted = {}
+    for attr, kind in type(estimator)._persisted.items():
+        value = getattr(estimator, attr, None)  # feature_names_in_ may be absent
+        try:
+            fitted[attr] = KINDS[kind][0](value)
+        except Unrepresentable:
+            raise ValueError(
+                f"Cannot save the fitted attribute {attr}={value!r}: it holds a value the "
+                "safe format cannot represent."
+            ) from None
+    state = {
+        k: v.detach().to("cpu").contiguous().clone()
+        for k, v in estimator.module_.state_dict().items()
+    }
+    return fitted, state
+
+
+def _versions():
+    import safetensors
+    import sklearn
+    import torch
+
+    from . import __version__
+
+    return {
+        "sktransfer": __version__,
+        "torch": torch.__version__,
+        "sklearn": sklearn.__version__,
+        "safetensors": safetensors.__version__,
+    }

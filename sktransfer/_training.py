@@ -169,7 +169,9 @@ class _TransferSkorchNet(NeuralNet):
         if getattr(self, "_anchors", None) is None:
             # the weights this fit starts from (the pretrained ones): taken at its first step
             self._anchors = trained_backbone_anchors(self.module_)
-        scaler = getattr(self, "grad_scaler_", None)
+        # gradients scaled for float16 (ours, or accelerate's) get the term scaled alike
+        scaler = getattr(self, "grad_scaler_", None) or getattr(
+            getattr(self, "accelerator", None), "scaler", None)
         scale = self.l2_sp * (1.0 if scaler is None else float(scaler.get_scale()))
         with torch.no_grad():
             for param, anchor in self._anchors:
@@ -222,6 +224,12 @@ class _TransferSkorchNet(NeuralNet):
 class _AcceleratedSkorchNet(AccelerateMixin, _TransferSkorchNet):
     """:class:`_TransferSkorchNet` trained through Hugging Face accelerate (multi-GPU, mixed
     precision); the model is unwrapped again after training."""
+
+    def train_step_single(self, batch, **fit_params):
+        step = AccelerateMixin.train_step_single(self, batch, **fit_params)
+        if self.l2_sp:
+            self._add_l2_sp_gradient()
+        return step
 
 
 class _Interrupted(Exception):

@@ -13,7 +13,8 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import column_or_1d
 
 from ._base import TransferEstimatorMixin
-from ._compat import Interval, StrOptions, _fit_context
+from ._compat import HasMethods, Interval, StrOptions, _fit_context
+from ._semi_supervised import fit_semi_supervised, refuse_unlabeled_marker
 
 __all__ = ["TransferClassifier"]
 
@@ -67,7 +68,9 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         model name, ``"timm:<name>"``, or a callable returning an ``nn.Module``.
     weights : str, path-like or None, default="DEFAULT"
         ``"DEFAULT"`` (or a torchvision weights name) for the pretrained weights, a local
-        ``.safetensors``/``.pt``/``.pth`` file, or ``None`` for random initialisation.
+        ``.safetensors``/``.pt``/``.pth`` file, a model folder written by
+        :func:`~sktransfer.save` or a pretrainer's ``save_weights`` (its backbone stages, its
+        head dropped), or ``None`` for random initialisation.
     freeze_depth : int, "auto" or "all", default="auto"
         ``k >= 0`` freezes the first ``k`` stages (0 fine-tunes everything); ``-k`` trains only
         the last ``k`` stages; ``"all"`` trains the new head alone (a linear probe);
@@ -191,6 +194,21 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
     tta : bool, default=False
         Test-time augmentation: ``predict``, ``predict_proba`` and ``score`` average over the
         images as given and flipped left-right (twice the prediction time).
+    unlabeled : {"contrastive", "autoencoder"}, pretrainer or None, default=None
+        Semi-supervised fitting: rows of y labelled -1 (scikit-learn's marker of unlabeled
+        samples, as in :mod:`sklearn.semi_supervised`) are unlabeled. ``fit`` then runs stage
+        one, self-supervised pretraining of the backbone on every row of X (starting from
+        ``weights``; see :mod:`sktransfer.pretraining`), and fine-tunes the pretrained
+        backbone on the labeled rows. ``"contrastive"`` and ``"autoencoder"`` use
+        :class:`~sktransfer.pretraining.ContrastivePretrainer` or
+        :class:`~sktransfer.pretraining.AutoencoderPretrainer` with their defaults and
+        ``max_epochs``; a pretrainer instance sets stage one's own hyperparameters (its
+        ``backbone``, ``weights``, ``input_size``, ``image_shape``, ``grayscale`` and
+        ``device`` are this classifier's, so the stages fit). With ``warm_start`` and a
+        previous fit, stage one is skipped. ``None``: every row is
+        labeled, and integer (or integral float) y holding -1 beside two or more other
+        labels is refused with a ``ValueError`` rather than -1 taken for a class (binary
+        ``{-1, 1}`` labels are classes as usual).
 
     Attributes
     ----------
@@ -259,6 +277,8 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         **TransferEstimatorMixin._parameter_constraints,
         "class_weight": [dict, StrOptions({"balanced"}), None],
         "label_smoothing": [Interval(numbers.Real, 0, 1, closed="left")],
+        "unlabeled": [StrOptions({"contrastive", "autoencoder"}),
+                      HasMethods(["fit", "transform", "save_weights"]), None],
     }
     _persisted = {**TransferEstimatorMixin._persisted, "classes_": "labels"}
     _is_classifier = True
@@ -301,6 +321,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         callbacks=None,
         warm_start=False,
         tta=False,
+        unlabeled=None,
     ):
         self.backbone = backbone
         self.weights = weights
@@ -337,6 +358,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         self.callbacks = callbacks
         self.warm_start = warm_start
         self.tta = tta
+        self.unlabeled = unlabeled
 
     # -- labels ---------------------------------------------------------------------------
 
@@ -356,6 +378,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
             )
         if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
             raise ValueError("Input y contains NaN or infinity.")
+        refuse_unlabeled_marker(y)
         check_classification_targets(y)
         if type_of_target(y) not in ("binary", "multiclass"):
             raise ValueError(f"Unknown label type: {type_of_target(y)!r}.")
@@ -406,7 +429,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         X : array-like
             Images ``(N, H, W, C)``, ``(N, C, H, W)`` or ``(N, H, W)``; or ``(N, F)`` vectors.
         y : array-like of shape (n_samples,)
-            Labels of any type.
+            Labels of any type. With ``unlabeled`` set, -1 marks the unlabeled rows.
 
         Returns
         -------
@@ -423,8 +446,18 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         ...                          random_state=0).fit(X, y)
         >>> clf.classes_.tolist(), clf.n_features_in_, len(clf.history_)
         (['cat', 'dog'], 768, 2)
+
+        Semi-supervised: contrastive pretraining on all 20 rows, fine-tuning on the 6 labeled:
+
+        >>> y = np.array([0, 1, 2] * 2 + [-1] * 14)
+        >>> clf = TransferClassifier("test_cnn", weights=None, unlabeled="contrastive",
+        ...                          max_epochs=2, random_state=0).fit(X, y)
+        >>> clf.classes_.tolist(), clf.weights_.startswith("ContrastivePretrainer on 20 rows")
+        ([0, 1, 2], True)
         """
-        return self._fit(X, y)
+        if self.unlabeled is None:
+            return self._fit(X, y)
+        return fit_semi_supervised(self, X, y)
 
     def predict_proba(self, X):
         """Class probabilities, columns in the order of ``classes_``.

@@ -42,8 +42,10 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Backbo
         model name, ``"timm:<name>"``, or a callable returning an ``nn.Module``.
     weights : str, path-like or None, default="DEFAULT"
         ``"DEFAULT"`` (or a torchvision weights name) for the pretrained weights, a local
-        ``.safetensors``/``.pt``/``.pth`` file, or ``None`` for a random network (drawn from a
-        fixed seed, so its features are reproducible).
+        ``.safetensors``/``.pt``/``.pth`` file, a model folder written by
+        :func:`~sktransfer.save` or a pretrainer's ``save_weights`` (its backbone stages), or
+        ``None`` for a random network (drawn from a fixed seed, so its features are
+        reproducible).
     stage : str or None, default=None
         Name of the stage whose output is returned (``stage_names_`` lists them, input
         first). ``None`` means the last stage: the backbone's pooled features.

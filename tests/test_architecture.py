@@ -13,13 +13,14 @@ LAYERS = {
     # 1. torch core: backbones, the network builder, freezing, data, caching, kernels
     1: ["_spec", "_decode", "images", "_data", "augment", "caching", "_freezing",
         "_depthwise", "_efficientnet_lite", "_weights", "_stages", "_zoo", "backbones",
-        "_network", "_runtime", "_folders"],
+        "_network", "_runtime", "_folders", "_model_folder"],
     # 2. training: the skorch net, its callbacks, schedules, the range test
-    2: ["_training", "_schedules", "_lr_finder"],
+    2: ["_training", "_schedules", "_lr_finder", "_pretext"],
     # 3. the scikit-learn surface, then the user-facing helpers on top of it
-    3: ["_compat", "_estimator", "_base", "_recipe", "classifier", "regressor", "features",
-        "_state_codec", "persistence", "_fashion_mnist", "datasets", "plotting", "_saliency",
-        "_displays", "_embedding", "inspection", "_explain", "cli", "__main__"],
+    3: ["_compat", "_estimator", "_base", "_recipe", "pretraining", "_semi_supervised",
+        "classifier", "regressor", "features", "_state_codec", "persistence", "_fashion_mnist",
+        "datasets", "plotting", "_saliency", "_displays", "_embedding", "inspection",
+        "_explain", "cli", "__main__"],
 }
 TORCH_CORE = LAYERS[1]
 SKLEARN_LAYER = ["_base", "classifier", "regressor", "features", "persistence", "cli",

@@ -11,7 +11,8 @@ import torch
 BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                          "benchmarks")
 SCRIPTS = ["bench_head_only", "bench_grid_search", "bench_full_finetune", "bench_predict",
-           "bench_memory", "bench_throughput", "bench_recipe", "bench_saliency"]
+           "bench_memory", "bench_throughput", "bench_recipe", "bench_saliency",
+           "bench_pretraining"]
 
 
 @pytest.fixture

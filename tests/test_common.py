@@ -3,6 +3,7 @@
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sktransfer import TransferClassifier, TransferRegressor
+from sktransfer.pretraining import AutoencoderPretrainer, ContrastivePretrainer
 
 ESTIMATORS = [
     # freeze_depth=-1: the first of test_mlp's two stages frozen ("auto" would train both)
@@ -14,6 +15,8 @@ ESTIMATORS = [
         "test_mlp", weights=None, max_epochs=6, lr=0.1, batch_size=16, random_state=0,
         freeze_depth=-1,
     ),
+    ContrastivePretrainer("test_mlp", weights=None, max_epochs=2, batch_size=16, random_state=0),
+    AutoencoderPretrainer("test_mlp", weights=None, max_epochs=2, batch_size=16, random_state=0),
 ]
 
 # Checks that cannot pass for a written reason; kept strict so a fix is noticed.

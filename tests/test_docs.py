@@ -43,6 +43,7 @@ PUBLIC_MODULES = [
     "sktransfer.inspection",
     "sktransfer.persistence",
     "sktransfer.plotting",
+    "sktransfer.pretraining",
     "sktransfer.regressor",
 ]
 

@@ -62,9 +62,24 @@ def _image_case(shape, dtype, y, batch_size, freeze_depth):
     return X, np.asarray(y), batch_size, freeze_depth
 
 
-ONE_CLASS = r"only one class.*needs at least 2 classes"
+# a single class; or, for integer labels, -1 in every row: scikit-learn's marker of unlabeled
+# rows (CONTRACT.md: "all rows unlabeled" is refused, saying how to fit semi-supervised)
+ONE_CLASS = r"only one class.*needs at least 2 classes|y holds -1 in every row.*unlabeled="
 # CONTRACT.md: BatchNorm on 1 sample "fit works, or ValueError saying '1 sample'"
 ONE_SAMPLE_BATCHNORM = r"BatchNorm cannot train on 1 sample"
+
+
+# CONTRACT.md: integer y with -1 beside two or more other labels follows scikit-learn's
+# semi-supervised convention and is refused, naming the option (binary {-1, 1} are classes)
+UNLABELED = r"y holds -1 in .* beside the labels .*unlabeled="
+
+
+def _marks_unlabeled_rows(y):
+    values = set(y.tolist())
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    integral = y.dtype.kind in "iu" or (
+        y.dtype.kind in "fO" and numbers and all(float(v).is_integer() for v in values))
+    return integral and -1 in values and len(values - {-1}) >= 2
 
 
 def _check_fit_predict(est, X, y, *, may_refuse=None):
@@ -76,6 +91,8 @@ def _check_fit_predict(est, X, y, *, may_refuse=None):
         est.fit(X, y)
     except ValueError as exc:
         expected = ONE_CLASS if n_classes < 2 else may_refuse
+        if _marks_unlabeled_rows(y):
+            expected = UNLABELED
         if expected is None or not re.search(expected, str(exc)):
             raise
         raised_in = traceback.extract_tb(exc.__traceback__)[-1].filename
