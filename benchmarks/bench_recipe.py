@@ -237,6 +237,9 @@ def _verdicts(results, datasets):
             ok = acc >= fa and sec < fs
             line += (f"; fastai {fa:.3f} in {fs:.1f} s vs {sec:.1f} s (target: at least as "
                      f"accurate and faster): {verdict(ok)}")
+        else:
+            line += ("; target against fastai fine_tune (at least as accurate and faster): "
+                     "not measured, fastai is not installed")
         notes.append(line)
     return notes
 
