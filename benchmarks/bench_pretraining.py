@@ -81,11 +81,15 @@ FULL = dict(
     # (b), (c)
     n_unlabeled=10_000, labeled_per_class=50,
     ssl=dict(max_epochs=15, batch_size=64, lr=1e-3),
+    contrastive=dict(temperature=0.2),
     self_training=dict(criterion="k_best", k_best=1000, max_iter=1),
     dapt=dict(max_epochs=3, batch_size=64, lr=1e-4, input_size=32, freeze_depth=0),
     probe_every=1,
     # fine-tuning, the same recipe for every arm of a part
-    fine_tune=dict(freeze_depth=0, lr=0.01, momentum=0.9, max_epochs=30, batch_size=32),
+    fine_tune=dict(freeze_depth=0, lr=0.01, momentum=0.9, max_epochs=30, batch_size=32,
+                   head_init="linear_probe"),
+    # the ceiling of (a): the same network on every training image of the target classes
+    ceiling=dict(seeds=(0,), max_epochs=3),
     fine_tune_lite0=dict(freeze_depth=0, lr=0.01, momentum=0.9, max_epochs=8, batch_size=32,
                          input_size=32),
 )
@@ -94,10 +98,13 @@ QUICK = dict(
     source_epochs=1, target_per_class=2,
     n_unlabeled=60, labeled_per_class=2,
     ssl=dict(max_epochs=1, batch_size=16, lr=1e-3),
+    contrastive=dict(temperature=0.2),
     self_training=dict(criterion="k_best", k_best=10, max_iter=1),
     dapt=dict(max_epochs=1, batch_size=16, lr=1e-4, input_size=32, freeze_depth=0),
     probe_every=1,
-    fine_tune=dict(freeze_depth=0, lr=0.01, momentum=0.9, max_epochs=1, batch_size=8),
+    fine_tune=dict(freeze_depth=0, lr=0.01, momentum=0.9, max_epochs=1, batch_size=8,
+                   head_init="linear_probe"),
+    ceiling=dict(seeds=(0,), max_epochs=1),
     fine_tune_lite0=dict(freeze_depth=0, lr=0.01, momentum=0.9, max_epochs=1, batch_size=8,
                          input_size=32),
 )
@@ -282,6 +289,14 @@ def part_a(cfg, data, folder):
             a, sec = fit_score(make, A, ya, At, yt)
             acc.setdefault(key, []).append(a)
             tune_s.setdefault(key, []).append(sec)
+    ceiling = []
+    for seed in cfg["ceiling"]["seeds"]:
+        every = np.flatnonzero(np.isin(y, target_classes))
+        ceiling.append(fit_score(
+            lambda s=seed: TransferClassifier(
+                "bench_cnn", weights=None, freeze_depth=0, optimizer="adamw", lr=1e-3,
+                max_epochs=cfg["ceiling"]["max_epochs"], batch_size=128, random_state=s),
+            X[every], y[every], X_test[test], y_test[test])[0])
     main = "fine-tuned"
     gain = statistics.mean(acc[("transfer", main)]) - statistics.mean(acc[("random", main)])
     arm_names = {"random": "random init", "transfer": "pretrained on classes 0-4"}
@@ -303,13 +318,23 @@ def part_a(cfg, data, folder):
         f"{cfg['source_epochs']} epochs, AdamW lr 1e-3, batch 128, `sktransfer.save`); target "
         f"task classes 5-9 with {cfg['target_per_class']} labeled images per class, tested on "
         f"{len(test)} test images of classes 5-9. Both networks are trained the same ways: "
+        f"the head started from a linear probe (head_init='linear_probe', LP-FT), then "
         f"every stage (\"fine-tuned\") or the last stage and the head (\"last stage\", "
         f"freeze_depth=-1), SGD lr {ft['lr']}, momentum {ft['momentum']}, {ft['max_epochs']} "
         f"epochs, batch {ft['batch_size']}; or a linear probe of their frozen embeddings "
         f"(`TransferFeatures` + logistic regression). Network: `bench_cnn` at 28 px. Accuracy: "
         f"mean ± sd over seeds {list(cfg['seeds'])}; times: means in seconds."
     )
-    return gain, best_gain, best, rows, setup
+    ceiling_note = (
+        f"ceiling: the same network trained from random initialisation on all "
+        f"{int(np.isin(y, target_classes).sum())} training images of classes 5-9 (AdamW lr 1e-3, "
+        f"{cfg['ceiling']['max_epochs']} epochs, seed {list(cfg['ceiling']['seeds'])}) reaches "
+        f"{statistics.mean(ceiling):.3f}; random init with {cfg['target_per_class']} labels per "
+        f"class already reaches {statistics.mean(acc[('random', main)]):.3f}, so a gain of "
+        f"{TARGET_SUPERVISED * 100:.0f} points would need "
+        f"{statistics.mean(acc[('random', main)]) + TARGET_SUPERVISED:.3f}"
+    )
+    return gain, best_gain, best, rows, setup, ceiling_note
 
 
 def recipes_and_probe(acc, arm):
@@ -358,10 +383,11 @@ def part_b(cfg, data, folder):
             warnings.simplefilter("ignore")
             run("self_training", lambda b=base: SelfTrainingClassifier(b, **cfg["self_training"]),
                 X[pool].reshape(len(pool), -1), y_semi, Xt.reshape(len(Xt), -1), yt)
-        for arm, cls in (("contrastive", ContrastivePretrainer),
-                         ("autoencoder", AutoencoderPretrainer)):
+        for arm, cls, own in (("contrastive", ContrastivePretrainer, cfg["contrastive"]),
+                              ("autoencoder", AutoencoderPretrainer, {})):
             with Timer() as t:
-                pre = cls("bench_cnn", weights=None, random_state=seed, **cfg["ssl"]).fit(X[pool])
+                pre = cls("bench_cnn", weights=None, random_state=seed, **cfg["ssl"],
+                          **own).fit(X[pool])
             pre_s[arm].append(t.seconds)
             saved = pre.save_weights(os.path.join(folder, f"{arm}-{seed}.skt"))
             run(arm, lambda w=saved: fine_tune(w), Xl, yl, Xt, yt)
@@ -388,10 +414,11 @@ def part_b(cfg, data, folder):
         f"seed), {cfg['labeled_per_class']} labeled per class among them "
         f"({10 * cfg['labeled_per_class']} in all); tested on {len(test)} test images. "
         f"Pretraining: {ssl['max_epochs']} epochs, batch {ssl['batch_size']}, AdamW lr "
-        f"{ssl['lr']}, defaults otherwise (contrastive: temperature 0.5, SimCLR views; "
-        f"autoencoder: half of each image masked). Fine-tuning, the same for every network: "
-        f"every stage, SGD lr {ft['lr']}, momentum {ft['momentum']}, {ft['max_epochs']} epochs, "
-        f"batch {ft['batch_size']}; linear probe: `TransferFeatures` (frozen embeddings) + "
+        f"{ssl['lr']}, defaults otherwise (contrastive: temperature "
+        f"{cfg['contrastive']['temperature']}, SimCLR views; autoencoder: half of each image "
+        f"masked). Fine-tuning, the same for every network: the head started from a linear "
+        f"probe (head_init='linear_probe', LP-FT), then every stage, SGD lr {ft['lr']}, momentum "
+        f"{ft['momentum']}, {ft['max_epochs']} epochs, batch {ft['batch_size']}; linear probe: `TransferFeatures` (frozen embeddings) + "
         f"logistic regression. Network: `bench_cnn` at 28 px. Accuracy: mean ± sd over "
         f"seeds {list(cfg['seeds'])}; times: means in seconds (self-training: the whole fit)."
     )
@@ -473,38 +500,38 @@ def main(argv=None):
     result = {}
     with tempfile.TemporaryDirectory() as folder:
         load_before = loadavg()
-        gain_a, best_gain_a, best_a, rows, setup = part_a(cfg, data, folder)
+        gain_a, best_gain_a, best_a, rows, setup, ceiling_note = part_a(cfg, data, folder)
         report("9a. Supervised pretraining on a source task, then transfer", setup, headers, rows,
                notes=[f"pretrained minus random init, both fine-tuned = {gain_a * 100:+.1f} "
                       f"points (target >= +{TARGET_SUPERVISED * 100:.0f}): "
-                      f"{verdict(gain_a >= TARGET_SUPERVISED)}",
+                      f"{verdict(gain_a >= TARGET_SUPERVISED - 1e-9)}",
                       f"each network trained its best way (pretrained: "
                       f"{best_a['transfer'][1]}; random init: {best_a['random'][1]}; chosen on "
                       f"test accuracy, so optimistic for both): {best_gain_a * 100:+.1f} "
-                      "points"],
+                      "points", ceiling_note],
                load_before=load_before)
         result["supervised_gain"] = gain_a
-        result["supervised_met"] = gain_a >= TARGET_SUPERVISED
+        result["supervised_met"] = gain_a >= TARGET_SUPERVISED - 1e-9
 
         load_before = loadavg()
         gain_b, best, rows, setup, acc = part_b(cfg, data, folder)
         notes = [f"{best} pretraining minus random init = {gain_b * 100:+.1f} points (target >= "
                  f"+{TARGET_SELF_SUPERVISED * 100:.0f}): "
-                 f"{verdict(gain_b >= TARGET_SELF_SUPERVISED)}"]
+                 f"{verdict(gain_b >= TARGET_SELF_SUPERVISED - 1e-9)}"]
         report("9b. Self-supervised pretraining from random init, then fine-tuning", setup,
                headers, rows, notes=notes, load_before=load_before)
         result["self_supervised_gain"] = gain_b
-        result["self_supervised_met"] = gain_b >= TARGET_SELF_SUPERVISED
+        result["self_supervised_met"] = gain_b >= TARGET_SELF_SUPERVISED - 1e-9
 
         load_before = loadavg()
         gain_c, rows, setup, probe_note, per_epoch = part_c(cfg, data, folder)
         notes = [f"domain-adaptive pretraining minus ImageNet alone = {gain_c * 100:+.1f} points "
                  f"(target >= +{TARGET_DOMAIN_ADAPTIVE * 100:.0f}): "
-                 f"{verdict(gain_c >= TARGET_DOMAIN_ADAPTIVE)}", probe_note]
+                 f"{verdict(gain_c >= TARGET_DOMAIN_ADAPTIVE - 1e-9)}", probe_note]
         report("9c. Domain-adaptive pretraining from ImageNet EfficientNet-Lite0", setup, headers,
                rows, notes=notes, load_before=load_before)
         result["domain_adaptive_gain"] = gain_c
-        result["domain_adaptive_met"] = gain_c >= TARGET_DOMAIN_ADAPTIVE
+        result["domain_adaptive_met"] = gain_c >= TARGET_DOMAIN_ADAPTIVE - 1e-9
         result["probe_first_epoch"] = float(per_epoch[0])
         result["probe_last_epoch"] = float(per_epoch[-1])
     return result

@@ -6,6 +6,7 @@ ORDER = [
     "plot_quickstart.py",
     "plot_linear_probe_vs_finetuning.py",
     "plot_training_recipe.py",
+    "plot_pretraining.py",
     "plot_grid_search.py",
     "plot_regression.py",
     "plot_image_folder.py",
