@@ -38,6 +38,7 @@ extensions = [
     "sphinx_gallery.gen_gallery",
     "backbone_table",
     "cli_help",
+    "bench_results",
 ]
 
 templates_path = ["_templates"]

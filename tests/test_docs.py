@@ -147,3 +147,22 @@ def test_backbone_table_shows_stage_names():
         sys.path.remove(str(DOCS / "_ext"))
     text = backbone_table.render(backbone_table.backbone_rows(["test_cnn"]))
     assert "   * - ``test_cnn``\n     - ``stem``, ``block1``, ``block2`` (3)\n     - 16\n" in text
+
+
+def test_benchmark_results_become_restructured_text(tmp_path):
+    sys.path.insert(0, str(DOCS / "_ext"))
+    try:
+        bench_results = importlib.import_module("bench_results")
+    finally:
+        sys.path.remove(str(DOCS / "_ext"))
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "<!-- results:start -->\n<!-- bench_x -->\n### 1. A title\n\nRun `x.py`.\n\n"
+        "| | accuracy |\n|---|---|\n| `a` | 0.5 |\n\n- target: **missed**\n"
+        "<!-- /bench_x -->\n<!-- results:end -->\n"
+    )
+    text = bench_results.render("bench_x", readme)
+    assert ".. rubric:: 1. A title\n\nRun ``x.py``." in text
+    assert "   * -  \n     - accuracy\n   * - ``a``\n     - 0.5\n" in text
+    assert "- target: **missed**" in text
+    assert "python benchmarks/run_all.py --only bench_y" in bench_results.render("bench_y", readme)
