@@ -88,7 +88,7 @@ for name, weights in [("random init", None), ("pretrained on classes 0-4", folde
 
 # %%
 # Fifty labeled images are few to learn features from: the same network, trained the same
-# way, does better when its stages start from a related task (by about 5 points here; the
+# way, does better when its stages start from a related task (the two accuracies above; the
 # benchmark measures the gain over three seeds, with the ceiling of this task). The folder holds a
 # fitted classifier (``sktransfer.load`` gives it back); ``weights=`` took its stages and left
 # its head behind:
