@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .augment import each_image
+
 __all__ = [
     "ContrastiveTask",
     "ImageViews",
@@ -219,18 +221,7 @@ class PerImageViews:
         self.transform = transform
 
     def __call__(self, x):
-        out = torch.empty_like(x)
-        for i in range(len(x)):
-            img = self.transform(x[i])
-            if not isinstance(img, torch.Tensor) or tuple(img.shape) != tuple(x[i].shape):
-                got = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
-                raise ValueError(
-                    f"augment must return a tensor of the shape it was given, "
-                    f"{tuple(x[i].shape)} (C, H, W); got {got}. Keep the image size (e.g. "
-                    "RandomResizedCrop((H, W), ...)) and return a tensor."
-                )
-            out[i] = img
-        return out
+        return each_image(self.transform, x)
 
 
 def vector_views(x, share=0.3):

@@ -55,6 +55,23 @@ def light_augmentation(height, width):
     )
 
 
+def each_image(transform, x):
+    """``transform`` applied to each ``(C, H, W)`` image of the batch ``x``, which it must
+    return as a tensor of the same shape (else a ``ValueError`` says what came back)."""
+    out = torch.empty_like(x)
+    for i in range(len(x)):
+        img = transform(x[i])
+        if not isinstance(img, torch.Tensor) or tuple(img.shape) != tuple(x[i].shape):
+            got = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+            raise ValueError(
+                f"augment must return a tensor of the shape it was given, "
+                f"{tuple(x[i].shape)} (C, H, W); got {got}. Keep the image size (e.g. "
+                "RandomResizedCrop((H, W), ...)) and return a tensor."
+            )
+        out[i] = img
+    return out
+
+
 class BatchAugmenter:
     """Apply a per-image transform to raw batches of any layout.
 
@@ -108,18 +125,7 @@ class BatchAugmenter:
 
     def __call__(self, xb):
         x = self._to_nchw(xb).to(torch.float32) / self.scale
-        out = torch.empty_like(x)
-        for i in range(len(x)):
-            img = self.transform(x[i])
-            if not isinstance(img, torch.Tensor) or tuple(img.shape) != tuple(x[i].shape):
-                got = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
-                raise ValueError(
-                    f"augment must return a tensor of the shape it was given, "
-                    f"{tuple(x[i].shape)} (C, H, W); got {got}. Keep the image size (e.g. "
-                    "RandomResizedCrop((H, W), ...)) and return a tensor."
-                )
-            out[i] = img
-        return self._from_nchw(out * self.scale).contiguous()
+        return self._from_nchw(each_image(self.transform, x) * self.scale).contiguous()
 
     def check(self, sample):
         """Run once on a raw sample batch, so a broken transform fails before training.
