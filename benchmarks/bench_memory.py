@@ -3,7 +3,7 @@
 Each measurement runs in a fresh process and reads the peak resident set size
 (``getrusage``'s ``ru_maxrss``) reached during ``fit``, minus the resident memory just before:
 
-* the fit measured: ``TransferClassifier(input_size=96)`` (default ``freeze_depth=-1``, 1 epoch)
+* the fit measured: ``TransferClassifier(input_size=96, freeze_depth=-1)`` (the plain recipe, 1 epoch)
   on 5,000 uint8 28x28 Fashion-MNIST images, resized per batch inside the network;
 * the fixed cost: the same fit on 100 images with ``cache=False``: the model and its copies
   (checkpoint, gradients, momentum, epoch snapshot), one batch's working memory at 96 px and
@@ -44,8 +44,8 @@ def child_fit(n, size, cache):
 
     X, y, _, _, _ = load_data(n, 10)
     before = rss_mb()
-    TransferClassifier("efficientnet_lite0", input_size=size, max_epochs=1, cache=cache,
-                       random_state=0, **PLAIN_RECIPE).fit(X, y)
+    TransferClassifier("efficientnet_lite0", input_size=size, freeze_depth=-1, max_epochs=1,
+                       cache=cache, random_state=0, **PLAIN_RECIPE).fit(X, y)
     return {
         "before": before, "peak": max_rss_mb(), "data": X.nbytes / MB,
         "cache": cache_info()["nbytes"] / MB, "n": len(X),
@@ -96,7 +96,7 @@ def main(argv=None):
     report(
         "5. Peak memory of a fit",
         f"{fit['n']} Fashion-MNIST images (uint8 28x28) resized to {size} px inside the "
-        "network, default freeze_depth=-1, 1 epoch; peak resident memory (ru_maxrss) in fresh "
+        "network, freeze_depth=-1 (the plain recipe), 1 epoch; peak resident memory (ru_maxrss) in fresh "
         "processes.",
         ["", "MB"],
         rows,
