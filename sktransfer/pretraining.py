@@ -193,7 +193,7 @@ class _Pretrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BackboneEst
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_features_out_), dtype float32
+        X_new : ndarray of shape (n_samples, `n_features_out_`), dtype float32
             One embedding per sample.
 
         Examples
@@ -345,7 +345,7 @@ class ContrastivePretrainer(_Pretrainer):
         Values per sample seen in ``fit``.
     input_spec_ : InputSpec
         Layout, per-sample shape and scaling of the input seen in ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Column names of X, set only when X is a DataFrame with string column names.
     backbone_name_ : str
         Name of the resolved backbone.
@@ -501,7 +501,7 @@ class AutoencoderPretrainer(_Pretrainer):
         Values per sample seen in ``fit``.
     input_spec_ : InputSpec
         Layout, per-sample shape and scaling of the input seen in ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Column names of X, set only when X is a DataFrame with string column names.
     backbone_name_ : str
         Name of the resolved backbone.
