@@ -3,8 +3,8 @@
 Each measurement runs in a fresh process and reads the peak resident set size
 (``getrusage``'s ``ru_maxrss``) reached during ``fit``, minus the resident memory just before:
 
-* the fit measured: ``TransferClassifier(input_size=96, freeze_depth=-1)`` (the plain recipe, 1 epoch)
-  on 5,000 uint8 28x28 Fashion-MNIST images, resized per batch inside the network;
+* the fit measured: ``TransferClassifier(input_size=96, freeze_depth=-1)`` (the plain recipe,
+  1 epoch) on 5,000 uint8 28x28 Fashion-MNIST images, resized per batch inside the network;
 * the fixed cost: the same fit on 100 images with ``cache=False``: the model and its copies
   (checkpoint, gradients, momentum, epoch snapshot), one batch's working memory at 96 px and
   the libraries' one-off set-up, none of which grows with the data set.
@@ -96,8 +96,8 @@ def main(argv=None):
     report(
         "5. Peak memory of a fit",
         f"{fit['n']} Fashion-MNIST images (uint8 28x28) resized to {size} px inside the "
-        "network, freeze_depth=-1 (the plain recipe), 1 epoch; peak resident memory (ru_maxrss) in fresh "
-        "processes.",
+        "network, freeze_depth=-1 (the plain recipe), 1 epoch; peak resident memory "
+        "(ru_maxrss) in fresh processes.",
         ["", "MB"],
         rows,
         notes=[

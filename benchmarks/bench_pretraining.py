@@ -418,7 +418,8 @@ def part_b(cfg, data, folder):
         f"{cfg['contrastive']['temperature']}, SimCLR views; autoencoder: half of each image "
         f"masked). Fine-tuning, the same for every network: the head started from a linear "
         f"probe (head_init='linear_probe', LP-FT), then every stage, SGD lr {ft['lr']}, momentum "
-        f"{ft['momentum']}, {ft['max_epochs']} epochs, batch {ft['batch_size']}; linear probe: `TransferFeatures` (frozen embeddings) + "
+        f"{ft['momentum']}, {ft['max_epochs']} epochs, batch {ft['batch_size']}; linear probe: "
+        f"`TransferFeatures` (frozen embeddings) + "
         f"logistic regression. Network: `bench_cnn` at 28 px. Accuracy: mean ± sd over "
         f"seeds {list(cfg['seeds'])}; times: means in seconds (self-training: the whole fit)."
     )
