@@ -333,6 +333,7 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
             acts = caching.prefix_activations(
                 net, k, src, key=cache_key, device=config.device,
                 batch_size=self._infer_batch_size(), memory=self._memory(), flip=flip,
+                share=True,
             )
         if acts is None:
             return src, None

@@ -252,9 +252,14 @@ def _write_disk(folder, digest, row):
     os.replace(tmp, path)
 
 
-def prefix_activations(net, k, source, *, key, device, batch_size, memory=None, flip=False):
+def prefix_activations(net, k, source, *, key, device, batch_size, memory=None, flip=False,
+                        share=False):
     """Output of ``net.prefix(., k)`` for every sample of a source, as a float32 CPU tensor
     (of every sample flipped left-right with ``flip``: pass a key of its own).
+
+    With ``share``, when every row is computed here (nothing cached yet, no folder), the cache
+    keeps views of the returned tensor instead of copies, so that the activations are held
+    once: the caller must never write into it (training only indexes it, which copies).
 
     Returns ``None`` when the activations of X alone would exceed the cache budget: the caller
     then trains on X and recomputes the prefix, rather than risking memory.
@@ -273,6 +278,11 @@ def prefix_activations(net, k, source, *, key, device, batch_size, memory=None, 
                 unsaved.append(i)  # computed earlier in this process, before memory= was set
     missing = [i for i, r in enumerate(rows) if r is None]
     store_dtype = torch.float16 if _OPTIONS["dtype"] == "float16" else torch.float32
+    channels_last = getattr(getattr(net, "preprocess", None), "channels_last", False)
+    # one tensor for the cache and the caller (see ``share``), filled batch by batch
+    full = None
+    shared = (share and folder is None and store_dtype == torch.float32
+              and len(missing) == len(rows))
     new_rows = []
     if missing:
         was = net.training
@@ -289,6 +299,17 @@ def prefix_activations(net, k, source, *, key, device, batch_size, memory=None, 
                         if per_sample * len(source) > _OPTIONS["max_bytes"]:
                             return None
                         first = False
+                        if shared:
+                            fmt = (torch.channels_last if out.dim() == 4 and channels_last
+                                   else torch.contiguous_format)
+                            full = torch.empty((len(rows), *out.shape[1:]), dtype=torch.float32,
+                                               memory_format=fmt)
+                    if full is not None:
+                        full[idx] = out
+                        for i in idx:
+                            rows[i] = full[i]
+                        new_rows.extend(idx)
+                        continue
                     for j, i in enumerate(idx):
                         row = out[j].contiguous().clone()
                         if store_dtype != torch.float32:
@@ -307,8 +328,9 @@ def prefix_activations(net, k, source, *, key, device, batch_size, memory=None, 
             _write_disk(folder, digests[i], rows[i])
     if len(rows) and rows[0].numel() * 4 * len(rows) > _OPTIONS["max_bytes"]:
         return None
-    if rows and rows[0].dim() == 3 and getattr(getattr(net, "preprocess", None), "channels_last",
-                                               False):
+    if full is not None:
+        return full
+    if rows and rows[0].dim() == 3 and channels_last:
         # The later stages then run on channels_last tensors as they do without the cache:
         # the same kernels, so the same results (and the faster convolutions on CPU).
         out = torch.empty((len(rows), *rows[0].shape), dtype=torch.float32,

@@ -83,6 +83,35 @@ def test_cache_does_not_change_predictions_at_any_depth_of_a_tiny_cnn(tiny_image
         row["train_loss"] for row in plain.history_]
 
 
+def test_training_and_the_cache_hold_the_activations_once(tiny_images):
+    import torch
+
+    from sktransfer import caching
+    from sktransfer._data import make_source
+
+    X, y = tiny_images
+    clf = _cnn(freeze_depth=2, max_epochs=2).fit(X, y)
+    net, k = clf.module_, clf.n_frozen_stages_
+    src = make_source(X, clf.input_spec_)
+    clear_cache()
+    shared = caching.prefix_activations(net, k, src, key="k", device="cpu", batch_size=16,
+                                        share=True)
+    rows = caching._CACHE.get("k", src.digests())
+    assert all(r.untyped_storage().data_ptr() == shared.untyped_storage().data_ptr()
+               for r in rows)
+    assert cache_info()["nbytes"] == shared.numel() * 4
+    clear_cache()
+    copied = caching.prefix_activations(net, k, src, key="k", device="cpu", batch_size=16)
+    assert copied.untyped_storage().data_ptr() != rows[0].untyped_storage().data_ptr()
+    torch.testing.assert_close(shared, copied, rtol=0, atol=0)
+    # a fit that reads the cache filled by a fit that trained on it: the rows were not changed
+    clear_cache()
+    first = _cnn(freeze_depth=2, max_epochs=2).fit(X, y)
+    again = _cnn(freeze_depth=2, max_epochs=2).fit(X, y)
+    assert cache_info()["computed"] == len(X)
+    np.testing.assert_array_equal(first.predict_proba(X), again.predict_proba(X))
+
+
 # -- the cache is shared ---------------------------------------------------------------------
 
 
