@@ -279,46 +279,16 @@ def prefix_activations(net, k, source, *, key, device, batch_size, memory=None, 
     missing = [i for i, r in enumerate(rows) if r is None]
     store_dtype = torch.float16 if _OPTIONS["dtype"] == "float16" else torch.float32
     channels_last = getattr(getattr(net, "preprocess", None), "channels_last", False)
-    # one tensor for the cache and the caller (see ``share``), filled batch by batch
-    full = None
     shared = (share and folder is None and store_dtype == torch.float32
               and len(missing) == len(rows))
-    new_rows = []
+    new_rows, full = [], None
     if missing:
-        was = net.training
-        net.eval()
-        try:
-            with torch.inference_mode():
-                first = True
-                for s in range(0, len(missing), batch_size):
-                    idx = missing[s : s + batch_size]
-                    xb = source.batch(idx)
-                    out = net.prefix(xb.to(device), k, flip=flip).to("cpu", torch.float32)
-                    if first:
-                        per_sample = out[0].numel() * 4
-                        if per_sample * len(source) > _OPTIONS["max_bytes"]:
-                            return None
-                        first = False
-                        if shared:
-                            fmt = (torch.channels_last if out.dim() == 4 and channels_last
-                                   else torch.contiguous_format)
-                            full = torch.empty((len(rows), *out.shape[1:]), dtype=torch.float32,
-                                               memory_format=fmt)
-                    if full is not None:
-                        full[idx] = out
-                        for i in idx:
-                            rows[i] = full[i]
-                        new_rows.extend(idx)
-                        continue
-                    for j, i in enumerate(idx):
-                        row = out[j].contiguous().clone()
-                        if store_dtype != torch.float32:
-                            row = row.to(store_dtype)
-                        rows[i] = row
-                        new_rows.append(i)
-        finally:
-            net.train(was)
-        _CACHE.computed += len(missing)
+        computed = _compute_rows(net, k, source, rows, missing, device=device,
+                                 batch_size=batch_size, flip=flip, store_dtype=store_dtype,
+                                 shared=shared, channels_last=channels_last)
+        if computed is None:
+            return None
+        new_rows, full = computed
     # rows read from the folder are kept in memory too, for the next fit of this process
     kept = new_rows + from_disk
     if kept:
@@ -339,3 +309,41 @@ def prefix_activations(net, k, source, *, key, device, batch_size, memory=None, 
             out[i] = r
         return out
     return torch.stack([r.to(torch.float32) for r in rows])
+
+
+def _compute_rows(net, k, source, rows, missing, *, device, batch_size, flip, store_dtype, shared,
+                  channels_last):
+    """Fill ``rows[i]`` for each ``i`` in ``missing`` with the prefix output of that sample:
+    ``(new_rows, full)``, where ``full`` is the one tensor the rows are views of (``shared``)
+    or ``None``; ``None`` when the activations would exceed the cache budget."""
+    new_rows, full = [], None
+    was = net.training
+    net.eval()
+    try:
+        with torch.inference_mode():
+            for s in range(0, len(missing), batch_size):
+                idx = missing[s : s + batch_size]
+                out = net.prefix(source.batch(idx).to(device), k, flip=flip).to("cpu",
+                                                                                 torch.float32)
+                if s == 0:
+                    if out[0].numel() * 4 * len(source) > _OPTIONS["max_bytes"]:
+                        return None
+                    if shared:  # one tensor for the cache and the caller, batch by batch
+                        fmt = (torch.channels_last if out.dim() == 4 and channels_last
+                               else torch.contiguous_format)
+                        full = torch.empty((len(rows), *out.shape[1:]), dtype=torch.float32,
+                                           memory_format=fmt)
+                if full is not None:
+                    full[idx] = out
+                    for i in idx:
+                        rows[i] = full[i]
+                    new_rows.extend(idx)
+                    continue
+                for j, i in enumerate(idx):
+                    row = out[j].contiguous().clone()
+                    rows[i] = row if store_dtype == torch.float32 else row.to(store_dtype)
+                    new_rows.append(i)
+    finally:
+        net.train(was)
+    _CACHE.computed += len(missing)
+    return new_rows, full
