@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import clone
 from sklearn.utils import _safe_indexing
-from sklearn.utils.validation import column_or_1d
+from sklearn.utils.validation import _num_samples, column_or_1d
 
 from ._model_folder import saved_stages_of
 from ._runtime import seed_from
@@ -69,10 +69,6 @@ def _stage_one_pretrainer(clf, seed):
     if pretrainer.get_params().get("random_state") is None:
         pretrainer.set_params(random_state=seed)
     return pretrainer
-
-
-def _num_samples(X):
-    return X.shape[0] if hasattr(X, "shape") and len(X.shape) else len(X)
 
 
 def _integral_labels(y):
