@@ -39,6 +39,7 @@ from ._runtime import (
     preserved_global_state,
     resolve_device,
     seed_from,
+    seeded_global_state,
 )
 from ._schedules import SCHEDULES
 from ._training import (
@@ -147,12 +148,11 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         check_precision(self.precision, device)
         seed = seed_from(self.random_state)
         # inference_mode(False): a fit called inside torch.inference_mode() still trains
-        with preserved_global_state(device), torch.inference_mode(False):
+        with seeded_global_state(seed, device), torch.inference_mode(False):
             accelerator = None
             if self.accelerator is not None:
                 accelerator = make_accelerator(self.accelerator, self.precision, device)
                 device = str(accelerator.device)
-            torch.manual_seed(seed)
             fitted = self._train(X, y_enc, spec, criterion, weights, TrainingConfig(
                 lr=self.lr if self.lr != "auto" else 0.0, max_epochs=self.max_epochs,
                 batch_size=self.batch_size, seed=seed,

@@ -285,7 +285,8 @@ def _starting_network(estimator, source):
     ``weights`` (with ``weights=None``, drawn as ``fit`` draws it from an integer
     ``random_state``)."""
     if isinstance(estimator.random_state, numbers.Integral):
-        torch.manual_seed(int(estimator.random_state))  # the global state is restored after
+        # the caller's scope restores the global state after
+        torch.default_generator.manual_seed(int(estimator.random_state))
     sample = source.batch(np.arange(min(len(source), 2)))
     built = estimator._build_network(estimator.input_spec_, estimator._n_outputs_fitted(),
                                      sample, weights=estimator.weights)

@@ -17,20 +17,31 @@ __all__ = [
     "preserved_global_state",
     "resolve_device",
     "seed_from",
+    "seeded_global_state",
 ]
+
+
+def _rng_devices(device=None):
+    """The CUDA devices whose generators a scope must save: every initialised one, and the
+    fit's own (initialised now if it is not yet)."""
+    devices = set()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        devices.update(range(torch.cuda.device_count()))
+    if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
+        dev = torch.device(device)
+        devices.add(torch.cuda.current_device() if dev.index is None else dev.index)
+    return sorted(devices)
 
 
 @contextlib.contextmanager
 def preserved_global_state(device=None):
-    """Leave torch, numpy and ``random`` RNG states (and torch's thread count) as found."""
+    """Leave torch's (CPU and every CUDA device's), numpy's and ``random``'s RNG states, torch's
+    thread count and grad mode as found."""
     np_state = np.random.get_state()
     py_state = random.getstate()
-    devices = []
-    if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
-        devices = [torch.device(device)]
     threads = torch.get_num_threads()
     grad = torch.is_grad_enabled()
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=_rng_devices(device)):
         try:
             yield
         finally:
@@ -39,6 +50,23 @@ def preserved_global_state(device=None):
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
             torch.set_grad_enabled(grad)
+
+
+@contextlib.contextmanager
+def seeded_global_state(seed, device=None):
+    """:func:`preserved_global_state`, inside which torch's CPU generator (and that of the
+    CUDA ``device``, if one) and numpy's and ``random``'s global generators start from
+    ``seed``: dropout and a callable augmentation that draws from numpy or ``random`` are then
+    reproducible. Other CUDA devices are never reseeded (``torch.manual_seed`` would reseed
+    them all)."""
+    with preserved_global_state(device):
+        torch.default_generator.manual_seed(int(seed))
+        if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
+            with torch.cuda.device(torch.device(device)):
+                torch.cuda.manual_seed(int(seed))
+        np.random.seed(int(seed) % 2**32)
+        random.seed(int(seed))
+        yield
 
 
 def resolve_device(device):

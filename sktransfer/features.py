@@ -11,7 +11,7 @@ from . import caching
 from ._compat import StrOptions, _fit_context
 from ._data import make_source
 from ._estimator import _BACKBONE_CONSTRAINTS, BackboneEstimatorMixin
-from ._runtime import preserved_global_state, resolve_device
+from ._runtime import preserved_global_state, resolve_device, seeded_global_state
 from ._training import amp_context, check_precision, inference_precision
 
 __all__ = ["TransferFeatures"]
@@ -194,9 +194,7 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Backbo
         device = resolve_device(self.device)
         check_precision(self.precision, device)
         sample = make_source(X, spec).batch(np.arange(min(len(X), 2)))
-        with preserved_global_state(device):
-            if self.weights is None:
-                torch.manual_seed(_RANDOM_INIT_SEED)
+        with seeded_global_state(_RANDOM_INIT_SEED, device):
             built = self._build_network(spec, 1, sample, weights=self.weights)
             net = built.net
             names = built.stage_names

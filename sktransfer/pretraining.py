@@ -48,6 +48,7 @@ from ._runtime import (
     batched_forward,
     check_finite_output,
     preserved_global_state,
+    seeded_global_state,
     resolve_device,
     seed_from,
 )
@@ -142,8 +143,7 @@ class _Pretrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BackboneEst
         device = resolve_device(self.device)
         seed = seed_from(self.random_state)
         # inference_mode(False): a fit called inside torch.inference_mode() still trains
-        with preserved_global_state(device), torch.inference_mode(False):
-            torch.manual_seed(seed)
+        with seeded_global_state(seed, device), torch.inference_mode(False):
             fitted = self._pretrain(X, spec, TrainingConfig(
                 lr=self.lr, max_epochs=self.max_epochs, batch_size=self.batch_size, seed=seed,
                 device=device, optimizer="adamw", momentum=0.9, weight_decay=_WEIGHT_DECAY,
