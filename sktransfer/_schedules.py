@@ -83,21 +83,27 @@ def momentum_at(schedule, momentum, step, total):
 class LRSchedule(Callback):
     """Sets every parameter group's learning rate (and momentum) before each training batch.
 
-    The schedule spans ``max_epochs`` epochs of the training set; early stopping may end it
-    sooner. Each fit (``warm_start`` included) starts it anew.
+    The schedule spans ``schedule_epochs`` epochs of the training set (``None``: the fit's
+    ``max_epochs``) and the fit begins at its epoch ``start_epoch``, so that a fit resumed
+    after ``start_epoch`` epochs continues the schedule of an uninterrupted one; early stopping
+    may end it sooner. Each fit (``warm_start`` included) starts it anew.
     """
 
-    def __init__(self, schedule, lr, momentum, *, drop_last=False):
+    def __init__(self, schedule, lr, momentum, *, drop_last=False, schedule_epochs=None,
+                 start_epoch=0):
         self.schedule = schedule
         self.lr = lr
         self.momentum = momentum
         self.drop_last = drop_last
+        self.schedule_epochs = schedule_epochs
+        self.start_epoch = start_epoch
 
     def on_train_begin(self, net, X=None, y=None, **kwargs):
         n, bs = len(X), net.batch_size
         per_epoch = n // bs if self.drop_last else math.ceil(n / bs)
-        self.total_ = max(1, per_epoch * net.max_epochs)
-        self.step_ = 0
+        epochs = net.max_epochs if self.schedule_epochs is None else self.schedule_epochs
+        self.total_ = max(1, per_epoch * epochs)
+        self.step_ = per_epoch * self.start_epoch
         self.lrs_ = []
 
     def on_batch_begin(self, net, batch=None, training=None, **kwargs):

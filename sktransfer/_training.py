@@ -445,6 +445,10 @@ class TrainingConfig:
     lr_schedule: str = "constant"
     layer_decay: float = 1.0
     l2_sp: float = 0.0
+    #: the length, in epochs, that the learning-rate schedule spans (None: max_epochs), and
+    #: the epoch of that schedule where this fit begins (a resumed fit continues it)
+    schedule_epochs: int | None = None
+    start_epoch: int = 0
 
 
 def training_callbacks(config, probe, *, validate=False, accuracy=False, drop_last=False):
@@ -453,8 +457,9 @@ def training_callbacks(config, probe, *, validate=False, accuracy=False, drop_la
     (``verbose >= 2``), the user's own."""
     callbacks = []
     if config.lr_schedule != "constant":
-        callbacks.append(("lr_schedule", LRSchedule(config.lr_schedule, config.lr,
-                                                    config.momentum, drop_last=drop_last)))
+        callbacks.append(("lr_schedule", LRSchedule(
+            config.lr_schedule, config.lr, config.momentum, drop_last=drop_last,
+            schedule_epochs=config.schedule_epochs, start_epoch=config.start_epoch)))
     callbacks.append(("guard", _Guard(probe)))
     if validate:
         if accuracy:
