@@ -132,6 +132,18 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         return {"freeze_depth": self.freeze_depth, "batchnorm": self.batchnorm,
                 "fast_depthwise": not self.compile}
 
+    # -- resuming searches (sktransfer.model_selection) ---------------------------------------
+
+    #: set by a resuming search on the estimator it clones (never a hyperparameter): the store
+    #: in which its fits find the state they continue and leave their own
+    _resume_store = None
+
+    def __sklearn_clone__(self):
+        clone = super().__sklearn_clone__()
+        if self._resume_store is not None:
+            clone._resume_store = self._resume_store
+        return clone
+
     # -- fit ----------------------------------------------------------------------------------
 
     def _fit(self, X, y, *, weights=None):
@@ -146,14 +158,17 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         criterion = self._criterion(y_enc, y_attrs)
         device = resolve_device(self.device)
         check_precision(self.precision, device)
-        seed = seed_from(self.random_state)
+        # a fit of a resuming search (sktransfer.model_selection) may continue a stored one
+        resume = None if self._resume_store is None else (
+            self._resume_store.resume_point(self, X, y_enc))
+        seed = seed_from(self.random_state) if resume is None else resume.seed(self.random_state)
         # inference_mode(False): a fit called inside torch.inference_mode() still trains
         with seeded_global_state(seed, device), torch.inference_mode(False):
             accelerator = None
             if self.accelerator is not None:
                 accelerator = make_accelerator(self.accelerator, self.precision, device)
                 device = str(accelerator.device)
-            fitted = self._train(X, y_enc, spec, criterion, weights, TrainingConfig(
+            config = TrainingConfig(
                 lr=self.lr if self.lr != "auto" else 0.0, max_epochs=self.max_epochs,
                 batch_size=self.batch_size, seed=seed,
                 device=device, optimizer=self.optimizer, momentum=self.momentum,
@@ -162,7 +177,10 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
                 accelerator=accelerator, patience=self.n_iter_no_change, tol=self.tol,
                 callbacks=self.callbacks or [], lr_schedule=self.lr_schedule,
                 layer_decay=self.layer_decay, l2_sp=self.l2_sp,
-            ))
+            )
+            if resume is not None:  # only the epochs it lacks, on the search's schedule
+                config = resume.configure(config)
+            fitted = self._train(X, y_enc, spec, criterion, weights, config)
         # Only now, with training finished, does the estimator change: an error above leaves
         # a previous fit intact.
         for key, value in {**y_attrs, **fitted}.items():
