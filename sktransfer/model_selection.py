@@ -351,13 +351,13 @@ _ATTRIBUTES = """
 
 
 class HalvingGridSearchCV(_ResumingHalvingMixin, _SkHalvingGridSearchCV):
-    __doc__ = """Successive halving over a grid, with the epochs as the resource and the
-    surviving candidates resuming their fits (scikit-learn's :class:`~sklearn.model_selection.
-    HalvingGridSearchCV` otherwise).
+    __doc__ = """Successive halving over a grid, the surviving candidates resuming their fits.
 
-    The first round fits every candidate of ``param_grid`` for a few epochs, each round keeps
-    the best ``1 / factor`` of them and trains them for ``factor`` times as many epochs, up to
-    ``max_resources``. Each survivor trains only the epochs it lacks. See :ref:`search`.
+    scikit-learn's :class:`~sklearn.model_selection.HalvingGridSearchCV`, with the epochs as
+    the resource by default. The first round fits every candidate of ``param_grid`` for a few
+    epochs; each round keeps the best ``1 / factor`` of them and trains them for ``factor``
+    times as many epochs, up to ``max_resources``. Each survivor trains only the epochs it
+    lacks. See :ref:`hyperparameter-search`.
 
     Parameters
     ----------
@@ -411,9 +411,10 @@ class HalvingGridSearchCV(_ResumingHalvingMixin, _SkHalvingGridSearchCV):
 
 
 class HalvingRandomSearchCV(_ResumingHalvingMixin, _SkHalvingRandomSearchCV):
-    __doc__ = """Successive halving over sampled candidates, with the epochs as the resource
-    and the surviving candidates resuming their fits (scikit-learn's
-    :class:`~sklearn.model_selection.HalvingRandomSearchCV` otherwise).
+    __doc__ = """Successive halving over sampled candidates, the survivors resuming their fits.
+
+    scikit-learn's :class:`~sklearn.model_selection.HalvingRandomSearchCV`, with the epochs as
+    the resource by default, and rounds as in :class:`HalvingGridSearchCV`.
 
     Parameters
     ----------
