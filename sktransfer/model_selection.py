@@ -55,9 +55,9 @@ _RESOURCE = "max_epochs"
 
 
 class _SearchStore:
-    """The store of one search: the states of its fits (:class:`~sktransfer._resume.
-    MemoryStates` or :class:`~sktransfer._resume.FolderStates`), under ``"<candidate>-<data>"``
-    keys, and the epochs of its last round (``final``), which every schedule spans."""
+    """The store of one search: the states of its fits (``MemoryStates`` or ``FolderStates``
+    of :mod:`sktransfer._resume`) under ``"<candidate>-<data>"`` keys, and the epochs of its
+    last round (``final``), which every schedule spans."""
 
     def __init__(self, states):
         self.states = states

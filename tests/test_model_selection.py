@@ -299,6 +299,19 @@ def test_error_score_is_honoured(tiny_images):
         HalvingGridSearchCV(est, grid, cv=CV, factor=2, error_score="raise").fit(X, y)
 
 
+def test_rounds_that_leave_the_plan_stop_the_resuming(tiny_images, monkeypatch):
+    import sktransfer.model_selection as model_selection
+
+    X, y = tiny_images
+    monkeypatch.setattr(model_selection, "_planned_resources", lambda search, n: [1, 2])
+    search = HalvingGridSearchCV(_cnn(max_epochs=3), {"lr": [0.1, 0.01, 0.001]}, cv=CV,
+                                 refit=False)
+    with pytest.warns(RuntimeWarning, match="differ from the plan"):
+        search.fit(X, y)
+    assert search.n_resources_ == [1, 3]
+    assert len(EPOCHS) == 2 * (3 * 1 + 1 * 3)  # the second round fitted from the start
+
+
 def test_max_resources_auto_is_the_estimators_max_epochs(tiny_images):
     X, y = tiny_images
     search = HalvingGridSearchCV(_cnn(max_epochs=4), {"lr": [0.1, 0.01]}, cv=CV, factor=2,
