@@ -35,10 +35,13 @@ class WeightedCrossEntropy(torch.nn.Module):
             self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float32))
 
     def forward(self, logits, target):
+        # the weight of each sample's class scales its whole (smoothed) loss; torch's
+        # ``weight=`` would also weight each class's share of the smoothing term
         losses = torch.nn.functional.cross_entropy(
-            logits, target, weight=self.weight, reduction="none",
-            label_smoothing=self.label_smoothing,
+            logits, target, reduction="none", label_smoothing=self.label_smoothing,
         )
+        if self.weight is not None:
+            losses = losses * self.weight[target]
         return losses.mean()
 
 

@@ -48,9 +48,9 @@ from ._runtime import (
     batched_forward,
     check_finite_output,
     preserved_global_state,
-    seeded_global_state,
     resolve_device,
     seed_from,
+    seeded_global_state,
 )
 from ._state_codec import encode_estimator
 from ._training import (

@@ -288,7 +288,8 @@ def test_l2_sp_step_is_the_gradient_of_its_penalty(tiny_images):
     skorch_net._anchors = anchors
     batch = (torch.as_tensor(X[:8]), torch.as_tensor(y[:8]))
     skorch_net.optimizer_.zero_grad()
-    skorch_net.train_step_single(batch)
+    # what the optimizer step gets: the batch's gradients, then L2-SP's once
+    skorch_net._with_l2_sp(lambda: skorch_net.train_step_single(batch))()
     ours = [p.grad.clone() for p, _ in anchors]
     net.zero_grad()
     loss = torch.nn.functional.cross_entropy(net(batch[0]), batch[1])
