@@ -205,12 +205,14 @@ def test_a_callable_augmentation_drawing_from_numpy_and_random_is_seeded(tiny_im
     import random
 
     def jitter(image):
-        noise = np.random.rand() * 0.1 + random.random() * 0.1
-        return image + noise
+        noise = np.random.rand(*image.shape) * 0.1 + random.random() * 0.1
+        return image + torch.as_tensor(noise, dtype=image.dtype)
 
     X, y = tiny_images
     params = dict(weights=None, max_epochs=2, batch_size=8, random_state=0, augment=jitter)
     first = TransferClassifier("test_cnn", **params).fit(X, y)
+    np.random.seed(1)  # the user's generators elsewhere: the fit draws the same
+    random.seed(1)
     state = np.random.get_state()[1].copy(), random.getstate()
     second = TransferClassifier("test_cnn", **params).fit(X, y)
     np.testing.assert_array_equal(first.predict_proba(X), second.predict_proba(X))
