@@ -22,6 +22,7 @@ from skorch.helper import predefined_split
 from torch import nn
 
 from . import caching
+from ._adaptive import labels_per_class, resolve_auto
 from ._compat import Interval, StrOptions
 from ._data import ArrayDataset, ArraySource, make_source
 from ._estimator import _BACKBONE_CONSTRAINTS, BackboneEstimatorMixin
@@ -84,13 +85,13 @@ _FINE_TUNING_CONSTRAINTS = {
     "lr": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
     "lr_schedule": [StrOptions(set(SCHEDULES))],
     "layer_decay": [Interval(numbers.Real, 0, 1, closed="right")],
-    "head_init": [StrOptions({"random", "linear_probe"})],
+    "head_init": [StrOptions({"auto", "random", "linear_probe"})],
     "l2_sp": [Interval(numbers.Real, 0, None, closed="left")],
     "tta": ["boolean"],
     "momentum": [Interval(numbers.Real, 0, 1, closed="left")],
     "optimizer": [StrOptions({"sgd", "adamw"})],
     "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-    "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+    "max_epochs": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
     "augment": [StrOptions({"flip", "light"}), callable, None],
     "batchnorm": [
         StrOptions({"trained", "all", "checkpoint"}),
@@ -125,12 +126,33 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         "interrupted_": "bool",
         "lr_": "optional_positive_real",
         "lr_range_test_": "range_test",
+        "freeze_depth_": "freeze_depth",
+        "head_init_": "optional_str",
+        "max_epochs_": "optional_count",
     }
+    #: fitted attributes added after the first saved models: absent from older files (None)
+    _persisted_added = frozenset({"freeze_depth_", "head_init_", "max_epochs_"})
     _is_classifier = False
 
-    def _network_options(self):
-        return {"freeze_depth": self.freeze_depth, "batchnorm": self.batchnorm,
+    def _network_options(self, freeze_depth=None):
+        depth = self.freeze_depth if freeze_depth is None else freeze_depth
+        return {"freeze_depth": depth, "batchnorm": self.batchnorm,
                 "fast_depthwise": not self.compile}
+
+    def _resolve_auto(self, y):
+        """The ``"auto"`` hyperparameters resolved for training targets ``y``
+        (:mod:`sktransfer._adaptive`)."""
+        n_train = len(y)
+        if self.early_stopping:
+            n_train -= int(np.ceil(self.validation_fraction * n_train))
+        resolved = resolve_auto(
+            freeze_depth=self.freeze_depth, head_init=self.head_init,
+            max_epochs=self.max_epochs, batch_size=self.batch_size, n_train=max(1, n_train),
+            per_class=labels_per_class(y, classifier=self._is_classifier),
+        )
+        if self.verbose and resolved.reason:
+            print(resolved.reason)
+        return resolved
 
     # -- fit ----------------------------------------------------------------------------------
 
@@ -147,14 +169,15 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         device = resolve_device(self.device)
         check_precision(self.precision, device)
         seed = seed_from(self.random_state)
+        auto = self._resolve_auto(y_enc)
         # inference_mode(False): a fit called inside torch.inference_mode() still trains
         with seeded_global_state(seed, device), torch.inference_mode(False):
             accelerator = None
             if self.accelerator is not None:
                 accelerator = make_accelerator(self.accelerator, self.precision, device)
                 device = str(accelerator.device)
-            fitted = self._train(X, y_enc, spec, criterion, weights, TrainingConfig(
-                lr=self.lr if self.lr != "auto" else 0.0, max_epochs=self.max_epochs,
+            fitted = self._train(X, y_enc, spec, criterion, weights, auto, TrainingConfig(
+                lr=self.lr if self.lr != "auto" else 0.0, max_epochs=max(1, auto.max_epochs),
                 batch_size=self.batch_size, seed=seed,
                 device=device, optimizer=self.optimizer, momentum=self.momentum,
                 weight_decay=self.weight_decay, precision=self.precision,
@@ -165,26 +188,29 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
             ))
         # Only now, with training finished, does the estimator change: an error above leaves
         # a previous fit intact.
+        fitted.update(head_init_=auto.head_init, max_epochs_=auto.max_epochs)
         for key, value in {**y_attrs, **fitted}.items():
             setattr(self, key, value)
         self.device_ = device
         self._set_input_attrs(X, spec, feature_names)
         return self
 
-    def _train(self, X, y, spec, criterion, weights, config):
+    def _train(self, X, y, spec, criterion, weights, auto, config):
         """Build (or copy) the network, prepare the data, start the head, train: the fitted
-        attributes, set by ``_fit`` only once everything succeeded."""
+        attributes, set by ``_fit`` only once everything succeeded. ``auto``: the resolved
+        ``"auto"`` hyperparameters."""
         src = make_source(X, spec)
         sample = src.batch(np.arange(min(len(src), 2)))
-        net, info, warm = self._start_network(spec, y, sample, weights)
+        net, info, warm = self._start_network(spec, y, sample, weights, auto.freeze_depth)
         net.to(config.device)
         data = self._training_data(net, src, spec, y, info, config, warm=warm, sample=sample)
         fitted = {**info, "module_": net, "stage_names_": list(net.stages._modules),
                   "cache_key_": data.cache_key, "lr_range_test_": None}
-        if self.head_init == "linear_probe" and not warm:
+        if auto.head_init == "linear_probe" and not warm:
             self._probe_head(net, src, spec, info, y, criterion, data.train_idx, config)
             if info["n_frozen_stages_"] == len(net.stages):
                 # the whole backbone is frozen: the probe is the trained head, no epoch runs
+                _warn_unused_augmentation(self.augment, self.freeze_depth)
                 net.eval()
                 return {**fitted, "net_": self._wrap_in_skorch(net, config, criterion, []),
                         "history_": [], "n_iter_": 0, "interrupted_": False, "lr_": None}
@@ -274,20 +300,38 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
             if feats is None:  # no cache, or over its budget
                 feats = torch.from_numpy(batched_features(net, src, config.device,
                                                           self._infer_batch_size()))
+        feats = feats.numpy()[train_idx]
+        bad = ~np.isfinite(feats).all(axis=1)
+        if bad.any():
+            raise FloatingPointError(
+                f"The pretrained features of {int(bad.sum())} training sample(s) (rows "
+                f"{train_idx[bad][:5].tolist()}) are NaN or infinite, so the linear-probe head "
+                "start cannot be fitted: X holds values that overflow float32 in the backbone. "
+                "Check X for extreme values."
+            )
         weights = getattr(criterion, "class_weights", None)
-        fit_probe_head(net.head, feats.numpy()[train_idx], y[train_idx],
+        fit_probe_head(net.head, feats, y[train_idx],
                        classifier=self._is_classifier, class_weight=weights)
 
-    def _start_network(self, spec, y, sample, weights=None):
+    def _start_network(self, spec, y, sample, weights, freeze_depth):
         """``(net, attrs, warm)``: a fresh network from the pretrained weights, or
         (``warm_start``) a copy of the fitted one; the fitted attributes that describe it."""
         n_outputs = self._n_outputs(y)
+        # "auto"'s "the last few stages": as many as the backbone has, at most
+        clamp = self.freeze_depth == "auto" and freeze_depth != "all"
         if not (self.warm_start and hasattr(self, "module_")):
             weights = self.weights if weights is None else weights
-            built = self._build_network(spec, n_outputs, sample, weights=weights)
-            return built.net, {
+            built = self._build_network(spec, n_outputs, sample, weights=weights,
+                                        freeze_depth=0 if clamp else freeze_depth)
+            net, k = built.net, built.n_frozen
+            if clamp:
+                freeze_depth = max(freeze_depth, -len(net.stages))
+                k = n_frozen_stages(freeze_depth, list(net.stages._modules))
+                net.refreeze(k, **_refreeze_options(self.batchnorm))
+            return net, {
                 "backbone_name_": built.backbone_name, "weights_": built.weights,
-                "n_frozen_stages_": built.n_frozen, "n_features_out_": built.n_features,
+                "n_frozen_stages_": k, "n_features_out_": built.n_features,
+                "freeze_depth_": freeze_depth,
             }, False
         if self.input_spec_.sample_shape != spec.sample_shape:
             raise ValueError(
@@ -297,10 +341,13 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         net = copy.deepcopy(self.module_)
         if n_outputs != net.head.out_features:
             raise ValueError("warm_start=True needs the same number of outputs as before.")
-        k = n_frozen_stages(self.freeze_depth, list(self.stage_names_))
+        if clamp:
+            freeze_depth = max(freeze_depth, -len(self.stage_names_))
+        k = n_frozen_stages(freeze_depth, list(self.stage_names_))
         net.refreeze(k, **_refreeze_options(self.batchnorm))
         return net, {"backbone_name_": self.backbone_name_, "weights_": self.weights_,
-                     "n_frozen_stages_": k, "n_features_out_": self.n_features_out_}, True
+                     "n_frozen_stages_": k, "n_features_out_": self.n_features_out_,
+                     "freeze_depth_": freeze_depth}, True
 
     def _split(self, y, seed):
         """Training and validation indices (``None`` for validation without early stopping)."""
@@ -344,7 +391,8 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         """A skorch net around an already trained module (after unpickling or loading, or
         when no epoch was run)."""
         if config is None:
-            config = TrainingConfig(lr=self.lr_ or 0.0, max_epochs=self.max_epochs,
+            epochs = self.max_epochs if self.max_epochs != "auto" else 1
+            config = TrainingConfig(lr=self.lr_ or 0.0, max_epochs=epochs,
                                     batch_size=self.batch_size, seed=0, device=self.device_,
                                     optimizer=self.optimizer, momentum=self.momentum,
                                     weight_decay=self.weight_decay, precision=self.precision,
@@ -416,6 +464,19 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = self.random_state is None
         return tags
+
+
+def _warn_unused_augmentation(augment, freeze_depth):
+    if augment is None:
+        return
+    chose = ("freeze_depth='auto' chose the linear probe for this little data"
+             if freeze_depth == "auto" else "with freeze_depth='all' the head is the probe")
+    warnings.warn(
+        f"augment={augment!r} was not used: {chose}, fitted on the frozen features of the "
+        "images as given, and no epoch ran. To train with augmentation, set freeze_depth "
+        "to a number of stages (or head_init='random').",
+        UserWarning, stacklevel=5,
+    )
 
 
 def _refreeze_options(batchnorm):

@@ -63,8 +63,8 @@ def _stage_one_pretrainer(clf, seed):
     if isinstance(clf.unlabeled, str):
         cls = {"contrastive": ContrastivePretrainer,
                "autoencoder": AutoencoderPretrainer}[clf.unlabeled]
-        return cls(**network, max_epochs=clf.max_epochs, random_state=seed,
-                   verbose=clf.verbose)
+        epochs = {} if clf.max_epochs == "auto" else {"max_epochs": clf.max_epochs}
+        return cls(**network, **epochs, random_state=seed, verbose=clf.verbose)
     pretrainer = clone(clf.unlabeled).set_params(**network)
     if pretrainer.get_params().get("random_state") is None:
         pretrainer.set_params(random_state=seed)

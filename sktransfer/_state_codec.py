@@ -115,6 +115,12 @@ def _opt_str_attr(v):
     return v
 
 
+def _freeze_depth_attr(v):
+    _check(v is None or v == "all" or (isinstance(v, int) and not isinstance(v, bool)),
+           "must be an integer, 'all' or null")
+    return v
+
+
 def _key_attr(v):
     # a folder name inside ``memory``: hexadecimal only, so it cannot point elsewhere
     _check(
@@ -282,6 +288,8 @@ KINDS = {
     "names": (_encode_plain, _names_attr),
     "history": (_encode_plain, _history_attr),
     "cache_key": (_encode_plain, _key_attr),
+    "optional_count": (_encode_plain, lambda v: None if v is None else _int_attr(0)(v)),
+    "freeze_depth": (_encode_plain, _freeze_depth_attr),
     "optional_positive_real": (_encode_plain,
                                lambda v: None if v is None else _positive_real_attr(v)),
     "range_test": (_encode_plain, _range_test_attr),

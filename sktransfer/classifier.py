@@ -76,9 +76,11 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         head dropped), or ``None`` for random initialisation.
     freeze_depth : int, "auto" or "all", default="auto"
         ``k >= 0`` freezes the first ``k`` stages (0 fine-tunes everything); ``-k`` trains only
-        the last ``k`` stages; ``"all"`` trains the new head alone (a linear probe);
-        ``"auto"`` freezes the first third of the stages, rounded down (3 of
-        EfficientNet-Lite0's 9), where the most general features are.
+        the last ``k`` stages; ``"all"`` trains the new head alone (a linear probe).
+        ``"auto"`` adapts to the data: with fewer than 20 labels per class (a regressor:
+        200 rows) every stage is frozen and the model is a linear probe on the pretrained
+        features; with more, the last 3 stages are fine-tuned. The choice is in
+        ``freeze_depth_`` (see the user guide, "How much data do I need?").
     lr : float or "auto", default=0.05
         Learning rate of the new head (the peak rate with a schedule). ``"auto"`` runs a
         learning-rate range test on the training data first (as fastai's ``lr_find``, on a
@@ -95,13 +97,14 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         Discriminative learning rates: the trainable stages, counting back from the head, get
         ``lr x layer_decay ** i`` (the last stage ``i = 1``), as timm's layer decay over the
         stages that ``freeze_depth`` counts. 1.0 trains every stage at ``lr``.
-    head_init : {"random", "linear_probe"}, default="random"
+    head_init : {"auto", "random", "linear_probe"}, default="auto"
         How the new head starts. ``"linear_probe"`` fits a linear model (multinomial logistic
         regression, ridge for the regressor) on the frozen pretrained features of the training
         images first and starts from it (LP-FT, Kumar et al. 2022), so the first gradients
         do not reach the pretrained stages at full strength. The features come from the
         activation cache. With ``freeze_depth="all"`` the probe is the trained head: no
         epoch runs.
+        ``"auto"`` is ``"linear_probe"`` (``head_init_``).
     momentum : float, default=0.9
         SGD momentum (for ``optimizer="adamw"``: the first Adam beta).
     optimizer : {"sgd", "adamw"}, default="sgd"
@@ -112,8 +115,10 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         Strength of L2-SP (Li et al. 2018): a penalty ``l2_sp / 2 x ||w - w0||^2`` that pulls
         the trained stages' weights towards those they started from (the pretrained ones)
         instead of towards 0. When it is on, ``weight_decay`` applies to the head only.
-    max_epochs : int, default=12
-        Passes over the training data.
+    max_epochs : int or "auto", default="auto"
+        Passes over the training data. ``"auto"`` gives fine-tuning a budget of about 160
+        optimizer steps, as 3 to 12 epochs (``max_epochs_``; 0 when the model is the linear
+        probe and no epoch runs).
     batch_size : int, default=32
         Samples per optimiser step.
     input_size : int or None, default=None
@@ -186,10 +191,14 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         0 does it in the main process. Useful with image files. A callable ``augment`` must
         then be picklable; with augmentation, results depend on ``num_workers``.
     random_state : int, RandomState instance or None, default=None
-        Seeds head initialisation, shuffling and splits. Fits with the same value are
-        bitwise identical on CPU.
+        Seeds head initialisation, shuffling, splits, dropout and augmentation (a callable
+        ``augment`` drawing from numpy or ``random`` too). Fits with the same value are
+        bitwise identical on CPU. The global generators are left as found; fits run in
+        threads of one process share torch's, so run parallel searches in processes
+        (joblib's default backend) to keep them reproducible.
     verbose : int, default=0
-        0 is silent, 1 prints the epoch table, 2 adds a progress bar.
+        0 is silent, 1 prints what the ``"auto"`` values became and the epoch table, 2 adds a
+        progress bar.
     callbacks : list or None, default=None
         Extra skorch callbacks (instances or ``(name, callback)`` tuples).
     warm_start : bool, default=False
@@ -204,8 +213,9 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         ``weights``; see :mod:`sktransfer.pretraining`), and fine-tunes the pretrained
         backbone on the labeled rows. ``"contrastive"`` and ``"autoencoder"`` use
         :class:`~sktransfer.pretraining.ContrastivePretrainer` or
-        :class:`~sktransfer.pretraining.AutoencoderPretrainer` with their defaults and
-        ``max_epochs``; a pretrainer instance sets stage one's own hyperparameters (its
+        :class:`~sktransfer.pretraining.AutoencoderPretrainer` with their defaults (and
+        this classifier's ``max_epochs`` unless it is ``"auto"``); a pretrainer instance
+        sets stage one's own hyperparameters (its
         ``backbone``, ``weights``, ``input_size``, ``image_shape``, ``grayscale`` and
         ``device`` are this classifier's, so the stages fit). With ``warm_start`` and a
         previous fit, stage one is skipped. ``None``: every row is
@@ -233,6 +243,13 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         Per-epoch ``train_loss`` (and ``valid_loss``, ``valid_acc`` with early stopping).
     n_iter_ : int
         Epochs run.
+    freeze_depth_ : int or "all"
+        The ``freeze_depth`` trained with: ``freeze_depth``, or what ``"auto"`` chose.
+    head_init_ : str
+        The ``head_init`` trained with: ``head_init``, or what ``"auto"`` chose.
+    max_epochs_ : int
+        The ``max_epochs`` trained with: ``max_epochs``, or what ``"auto"`` chose (0: no
+        epoch, the model is the linear probe).
     lr_ : float or None
         The learning rate trained with: ``lr``, or the range test's suggestion for
         ``lr="auto"``; ``None`` when no epoch ran (``head_init="linear_probe"`` with
@@ -295,12 +312,12 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         lr=0.05,
         lr_schedule="cosine",
         layer_decay=1.0,
-        head_init="random",
+        head_init="auto",
         momentum=0.9,
         optimizer="sgd",
         weight_decay=0.0,
         l2_sp=0.01,
-        max_epochs=12,
+        max_epochs="auto",
         batch_size=32,
         input_size=None,
         image_shape=None,

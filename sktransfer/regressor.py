@@ -28,15 +28,21 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
     weights : str, path-like or None, default="DEFAULT"
         Pretrained weights (see :class:`TransferClassifier`).
     freeze_depth : int, "auto" or "all", default="auto"
-        Frozen stages (see :class:`TransferClassifier`).
+        ``k >= 0`` freezes the first ``k`` stages (0 fine-tunes everything); ``-k`` trains only
+        the last ``k`` stages; ``"all"`` trains the new head alone (a linear probe).
+        ``"auto"`` adapts to the data: with fewer than 20 labels per class (a regressor:
+        200 rows) every stage is frozen and the model is a linear probe on the pretrained
+        features; with more, the last 3 stages are fine-tuned. The choice is in
+        ``freeze_depth_`` (see the user guide, "How much data do I need?").
     lr : float or "auto", default=0.05
         Learning rate; ``"auto"`` runs a range test first (see :class:`TransferClassifier`).
     lr_schedule : {"constant", "cosine", "onecycle"}, default="cosine"
         Learning-rate schedule over the epochs (see :class:`TransferClassifier`).
     layer_decay : float in (0, 1], default=1.0
         Per-stage learning-rate decay, counting back from the head.
-    head_init : {"random", "linear_probe"}, default="random"
+    head_init : {"auto", "random", "linear_probe"}, default="auto"
         ``"linear_probe"`` starts from a ridge regression fitted on the frozen features.
+        ``"auto"`` is ``"linear_probe"`` (``head_init_``).
     momentum : float, default=0.9
         SGD momentum.
     optimizer : {"sgd", "adamw"}, default="sgd"
@@ -46,8 +52,10 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
     l2_sp : float, default=0.01
         Pull of the trained stages towards their pretrained weights (L2-SP); when on,
         ``weight_decay`` applies to the head only.
-    max_epochs : int, default=12
-        Passes over the training data.
+    max_epochs : int or "auto", default="auto"
+        Passes over the training data. ``"auto"`` gives fine-tuning a budget of about 160
+        optimizer steps, as 3 to 12 epochs (``max_epochs_``; 0 when the model is the linear
+        probe and no epoch runs).
     batch_size : int, default=32
         Samples per optimiser step.
     input_size : int or None, default=None
@@ -84,9 +92,11 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
     num_workers : int, default=0
         DataLoader worker processes decoding and augmenting batches.
     random_state : int, RandomState instance or None, default=None
-        Seed of initialisation and shuffling.
+        Seed of initialisation, shuffling, dropout and augmentation; the global generators
+        are left as found (fits in threads of one process share torch's: run parallel
+        searches in processes to keep them reproducible).
     verbose : int, default=0
-        0 silent, 1 epoch table, 2 progress bar.
+        0 silent, 1 what the ``"auto"`` values became and the epoch table, 2 progress bar.
     callbacks : list or None, default=None
         Extra skorch callbacks.
     warm_start : bool, default=False
@@ -114,6 +124,13 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         Per-epoch losses (on standardised targets).
     n_iter_ : int
         Epochs run.
+    freeze_depth_ : int or "all"
+        The ``freeze_depth`` trained with: ``freeze_depth``, or what ``"auto"`` chose.
+    head_init_ : str
+        The ``head_init`` trained with: ``head_init``, or what ``"auto"`` chose.
+    max_epochs_ : int
+        The ``max_epochs`` trained with: ``max_epochs``, or what ``"auto"`` chose (0: no
+        epoch, the model is the linear probe).
     lr_ : float or None
         The learning rate trained with (``None`` when no epoch ran).
     lr_range_test_ : dict or None
@@ -170,12 +187,12 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         lr=0.05,
         lr_schedule="cosine",
         layer_decay=1.0,
-        head_init="random",
+        head_init="auto",
         momentum=0.9,
         optimizer="sgd",
         weight_decay=0.0,
         l2_sp=0.01,
-        max_epochs=12,
+        max_epochs="auto",
         batch_size=32,
         input_size=None,
         image_shape=None,
@@ -295,7 +312,7 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         >>> from sktransfer import TransferRegressor
         >>> X = np.random.RandomState(0).rand(20, 16, 16, 3).astype(np.float32)
         >>> y = X.mean(axis=(1, 2, 3))
-        >>> reg = TransferRegressor("test_cnn", weights=None, max_epochs=2,
+        >>> reg = TransferRegressor("test_cnn", weights=None, max_epochs=2, freeze_depth=1,
         ...                         random_state=0).fit(X, y)
         >>> reg.n_outputs_, len(reg.history_), sorted(reg.history_[-1])[:3]
         (1, 2, ['dur', 'epoch', 'train_loss'])

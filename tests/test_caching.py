@@ -36,12 +36,13 @@ def textures():
 
 
 def _lite0(**params):
-    defaults = dict(max_epochs=1, batch_size=6, lr=0.01, random_state=0)
+    # a random head: the probe's start would add the full-depth prefix to what is counted
+    defaults = dict(max_epochs=1, batch_size=6, lr=0.01, random_state=0, head_init="random")
     return TransferClassifier("efficientnet_lite0", **{**defaults, **params})
 
 
 def _cnn(**params):
-    defaults = dict(weights=None, max_epochs=1, batch_size=8, random_state=0)
+    defaults = dict(weights=None, max_epochs=1, batch_size=8, random_state=0, head_init="random")
     return TransferClassifier("test_cnn", **{**defaults, **params})
 
 

@@ -47,7 +47,7 @@ def folder(tmp_path_factory):
     return root
 
 
-FIT = ["--test-size", "0.33"]
+FIT = ["--test-size", "0.33", "--freeze-depth", "1"]  # 4 labels a class: a depth to train
 
 
 def _summary(stdout):

@@ -130,8 +130,10 @@ def test_one_training_sample():
     X = _vectors(1)
     reg = TransferRegressor("test_mlp", **TINY).fit(X, [3.0])
     assert reg.predict(X).shape == (1,)
+    # the defaults make it a ridge probe on the frozen features; training BatchNorm is refused
+    assert TransferRegressor("test_cnn", **TINY).fit(_images(1), [3.0]).n_iter_ == 0
     with pytest.raises(ValueError, match="1 sample"):
-        TransferRegressor("test_cnn", **TINY).fit(_images(1), [3.0])
+        TransferRegressor("test_cnn", **TINY, freeze_depth=0).fit(_images(1), [3.0])
 
 
 def test_last_batch_of_one_sample_with_batchnorm():

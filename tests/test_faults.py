@@ -61,7 +61,8 @@ def test_divergence_keeps_the_previous_fit(data):
 def test_regressor_divergence_stops_with_floating_point_error(data):
     X, _ = data
     y = np.random.RandomState(0).randn(len(X))
-    reg = TransferRegressor("test_mlp", **TINY, lr=1e6, max_epochs=5)
+    reg = TransferRegressor("test_mlp", **TINY, lr=1e6, max_epochs=5, freeze_depth=0,
+                            head_init="random")
     with pytest.raises(FloatingPointError, match=r"epoch \d+.*batch \d+"):
         reg.fit(X.reshape(len(X), -1), y)
     assert not hasattr(reg, "module_")

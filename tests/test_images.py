@@ -96,7 +96,8 @@ def dataset(tmp_path_factory):
 
 
 def _clf(**kw):
-    params = dict(weights=None, input_size=SIZE, max_epochs=2, batch_size=8, random_state=0)
+    params = dict(weights=None, input_size=SIZE, max_epochs=2, batch_size=8, random_state=0,
+                  freeze_depth=1, head_init="random")  # trained, whatever the data size
     params.update(kw)
     return TransferClassifier("test_cnn", **params)
 

@@ -337,7 +337,7 @@ def quadrant_cnn():
     X, y = _quadrant_task(160, 32, 6, 3, seed=0)
     X_test, y_test = _quadrant_task(60, 32, 6, 3, seed=1)
     model = TransferClassifier("test_cnn", weights=None, max_epochs=12, lr=0.05,
-                               random_state=0).fit(X, y)
+                               freeze_depth=1, head_init="random", random_state=0).fit(X, y)
     right = X_test[(y_test == 1) & (model.predict(X_test) == 1)]
     return model, right
 

@@ -88,7 +88,8 @@ def test_fitted_classifier_history_is_plotted(tiny_images):
 
 def test_fitted_regressor_has_no_accuracy(tiny_vectors):
     X, _ = tiny_vectors
-    reg = TransferRegressor("test_mlp", weights=None, max_epochs=2, random_state=0)
+    reg = TransferRegressor("test_mlp", weights=None, max_epochs=2, random_state=0,
+                            freeze_depth=0)
     ax = plot_learning_curves(reg.fit(X, X[:, 0]))
     np.testing.assert_allclose(
         _lines(ax)["train loss"].get_ydata(), [row["train_loss"] for row in reg.history_]

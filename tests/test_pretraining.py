@@ -462,7 +462,7 @@ def test_self_training_classifier_wraps_the_classifier():
     from sklearn.semi_supervised import SelfTrainingClassifier
 
     X, y = _semi_supervised(48, 24)
-    base = TransferClassifier("test_cnn", image_shape=(8, 8, 3), **CLF)
+    base = TransferClassifier("test_cnn", image_shape=(8, 8, 3), freeze_depth=1, **CLF)
     st = SelfTrainingClassifier(base, criterion="k_best", k_best=8, max_iter=2)
     st.fit(X.reshape(48, -1), y)
     assert st.classes_.tolist() == [0, 1, 2, 3]

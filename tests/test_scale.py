@@ -32,7 +32,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not ava
 
 
 def _clf(**kw):
-    params = dict(weights=None, max_epochs=2, batch_size=8, random_state=0, device="cpu")
+    params = dict(weights=None, max_epochs=2, batch_size=8, random_state=0, device="cpu",
+                  freeze_depth=1, head_init="random")  # trained, whatever the data size
     params.update(kw)
     return TransferClassifier("test_cnn", **params)
 

@@ -1,0 +1,107 @@
+"""The defaults that adapt to the data at hand: what ``freeze_depth="auto"``,
+``head_init="auto"`` and ``max_epochs="auto"`` become in ``fit``. Layer 3.
+
+The rule, measured across data sizes in ``benchmarks/bench_data_size.py``:
+
+- Below :data:`PROBE_BELOW` labels per class, fine-tuning cannot beat a linear model on the
+  frozen pretrained features: a few optimizer steps on a handful of images move the backbone
+  away from features that were already right. The model is then that linear probe (every stage
+  frozen, the head fitted by logistic or ridge regression on the cached features, no epoch).
+- From there on, the last :data:`TRAIN_LAST` stages are fine-tuned, starting from the probe's
+  head (LP-FT, Kumar et al. 2022), for a budget counted in optimizer steps
+  (:data:`STEP_BUDGET`), not epochs: a schedule of a dozen steps on 50 images is no
+  fine-tuning, and 12 epochs of 10,000 images is more than the last stages need. The epochs
+  are kept between :data:`MIN_EPOCHS` and :data:`MAX_EPOCHS`.
+
+For a regressor, "labels per class" is taken as a tenth of the rows
+(:data:`ROWS_PER_REGRESSION_CLASS`). Only parameters left at ``"auto"`` follow the rule; a
+value the user sets is always obeyed. What was chosen is in the fitted attributes
+``freeze_depth_``, ``head_init_`` and ``max_epochs_``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Resolved", "labels_per_class", "resolve_auto"]
+
+#: Labels per class under which the linear probe is the model.
+PROBE_BELOW = 20
+#: Stages fine-tuned (counted back from the head) once there are enough labels.
+TRAIN_LAST = 3
+#: Optimizer steps of fine-tuning, and the bounds on the epochs they make.
+STEP_BUDGET = 160
+MIN_EPOCHS, MAX_EPOCHS = 3, 12
+#: A regressor's rows that count as one class's labels.
+ROWS_PER_REGRESSION_CLASS = 10
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The values a fit runs with, and why (for ``verbose``)."""
+
+    freeze_depth: object
+    head_init: str
+    max_epochs: int
+    reason: str
+
+
+def labels_per_class(y, *, classifier):
+    """Median number of training rows per class (a regressor: a tenth of the rows).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sktransfer._adaptive import labels_per_class
+    >>> labels_per_class(np.array([0, 0, 1, 1, 1, 2]), classifier=True)
+    2.0
+    >>> labels_per_class(np.zeros((50, 1)), classifier=False)
+    5.0
+    """
+    if classifier:
+        counts = np.bincount(np.asarray(y, dtype=np.int64))
+        return float(np.median(counts[counts > 0]))
+    return len(y) / ROWS_PER_REGRESSION_CLASS
+
+
+def resolve_auto(*, freeze_depth, head_init, max_epochs, per_class, n_train, batch_size):
+    """Resolve the ``"auto"`` values among ``freeze_depth``, ``head_init`` and
+    ``max_epochs``; the others are returned as given.
+
+    Examples
+    --------
+    >>> from sktransfer._adaptive import resolve_auto
+    >>> r = resolve_auto(freeze_depth="auto", head_init="auto", max_epochs="auto",
+    ...                  per_class=5, n_train=50, batch_size=32)
+    >>> r.freeze_depth, r.head_init, r.max_epochs
+    ('all', 'linear_probe', 0)
+    >>> r = resolve_auto(freeze_depth="auto", head_init="auto", max_epochs="auto",
+    ...                  per_class=50, n_train=500, batch_size=32)
+    >>> r.freeze_depth, r.head_init, r.max_epochs
+    (-3, 'linear_probe', 10)
+    >>> resolve_auto(freeze_depth=-1, head_init="random", max_epochs=4, per_class=5,
+    ...              n_train=50, batch_size=32).freeze_depth
+    -1
+    """
+    probe = per_class < PROBE_BELOW
+    reasons = []
+    if freeze_depth == "auto":
+        freeze_depth = "all" if probe else -TRAIN_LAST
+        reasons.append(
+            f"freeze_depth='auto' -> {freeze_depth!r} ({per_class:g} labels per class; "
+            f"the linear probe below {PROBE_BELOW}, else the last {TRAIN_LAST} stages)")
+    if head_init == "auto":
+        head_init = "linear_probe"
+        reasons.append("head_init='auto' -> 'linear_probe'")
+    if max_epochs == "auto":
+        if freeze_depth == "all" and head_init == "linear_probe":
+            max_epochs = 0  # the probe is the model: no epoch runs
+        else:
+            steps = max(1, math.ceil(n_train / batch_size))
+            max_epochs = int(np.clip(math.ceil(STEP_BUDGET / steps), MIN_EPOCHS, MAX_EPOCHS))
+        reasons.append(f"max_epochs='auto' -> {max_epochs} ({n_train} training rows, "
+                       f"batch {batch_size}, about {STEP_BUDGET} steps)")
+    return Resolved(freeze_depth, head_init, int(max_epochs), "; ".join(reasons))
