@@ -140,6 +140,55 @@ def test_only_persistence_and_the_command_line_import_the_estimators():
     assert set(users) <= ESTIMATOR_USERS, users
 
 
+def private_sklearn_imports(package=PACKAGE):
+    """``[(module, imported name)]`` of every import of a private scikit-learn helper outside
+    ``_compat``: a name with a leading underscore imported from scikit-learn
+    (``from sklearn.utils import _safe_indexing``), or any import through a private module
+    (``sklearn.utils._param_validation``), at module level or inside a function."""
+
+    def private(dotted):
+        return any(part.startswith("_") and not part.startswith("__")
+                   for part in dotted.split("."))
+
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        module = ".".join(path.relative_to(package).with_suffix("").parts)
+        if module == "_compat":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            found += [(module, name) for name in names
+                      if name.split(".")[0] == "sklearn" and private(name)]
+    return found
+
+
+def test_the_private_import_helper_sees_names_and_module_paths(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "_compat.py").write_text("from sklearn.utils import _safe_indexing\n")
+    (package / "a.py").write_text(
+        "from sklearn.utils import _safe_indexing, check_array\n"
+        "from sklearn import __version__\n"
+        "import sklearn.utils._param_validation\n"
+        "from . import _compat\n\n\n"
+        "def f():\n    from sklearn.utils._param_validation import Interval\n")
+    (package / "b.py").write_text("import sklearn.utils\nfrom sklearn.base import clone\n")
+    assert sorted(private_sklearn_imports(package)) == [
+        ("a", "sklearn.utils._param_validation"),
+        ("a", "sklearn.utils._param_validation.Interval"),
+        ("a", "sklearn.utils._safe_indexing"),
+    ]
+
+
+def test_only_compat_imports_private_sklearn_helpers():
+    assert private_sklearn_imports() == []
+
+
 def _function_lengths(path):
     """``(name, lines)`` of every function, its docstring left out."""
     tree = ast.parse(path.read_text(), str(path))
