@@ -244,7 +244,7 @@ def test_vector_backbones_and_unfitted_estimators_are_refused():
 
 
 def test_maps_and_displays_leave_the_model_unchanged(tmp_path):
-    """CONTRACT.md: no leftover hooks, requires_grad flags or train mode; predict_proba
+    """No leftover hooks, requires_grad flags or train mode; predict_proba
     identical; the global RNG, grad mode and thread count as found."""
     X, y = _images()
     model = TransferClassifier("test_cnn", weights=None, freeze_depth=1, max_epochs=2,
