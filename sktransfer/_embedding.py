@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from sklearn.utils.multiclass import type_of_target
 
+from ._runtime import batched_features
 from ._saliency import check_estimator, inspecting, network_input
 from .plotting import _import_pyplot
 
@@ -270,14 +271,9 @@ def _backbone_features(estimator, X, *, pretrained):
     """Pooled backbone features of the fitted network (what its head sees), or of the network
     its fit started from."""
     source, _ = network_input(estimator, X)
-    batch_size = estimator._infer_batch_size()
-    out = []
     with inspecting(estimator) as fitted, torch.no_grad():
         net = _starting_network(estimator, source) if pretrained else fitted
-        for start in range(0, len(source), batch_size):
-            idx = np.arange(start, min(start + batch_size, len(source)))
-            out.append(net.features(source.batch(idx).to(estimator.device_)).float().cpu())
-    return torch.cat(out).numpy()
+        return batched_features(net, source, estimator.device_, estimator._infer_batch_size())
 
 
 def _starting_network(estimator, source):
