@@ -2,6 +2,7 @@
 
 import copy
 import csv
+import pickle
 import random
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from PIL import Image
 from sklearn.decomposition import PCA
 from sklearn.exceptions import NotFittedError
 
+import sktransfer
 from sktransfer import TransferClassifier, TransferFeatures, TransferRegressor
 from sktransfer.cli import main, save_model
 from sktransfer.inspection import (
@@ -23,6 +25,7 @@ from sktransfer.inspection import (
     saliency_maps,
     save_explanations,
 )
+from sktransfer.pretraining import ContrastivePretrainer
 
 pytest.importorskip("captum")
 matplotlib = pytest.importorskip("matplotlib")
@@ -490,6 +493,30 @@ def test_embedding_of_pretrained_features_differs_once_stages_are_trained(clf):
     X, y = _images()
     before = EmbeddingDisplay.from_estimator(clf, X, y, features="pretrained")
     assert not np.allclose(before.embedding, EmbeddingDisplay.from_estimator(clf, X, y).embedding)
+
+
+def test_embedding_of_pretrained_features_after_a_semi_supervised_fit_is_refused(tmp_path):
+    """Its fine-tuning started from stage one, which ``weights`` does not rebuild: refused,
+    after save/load and pickling too; the route the message gives maps stage one's features."""
+    X = np.random.RandomState(0).rand(40, 8, 8, 3).astype(np.float32)
+    y = np.array([0, 1, 2, 3] * 10)
+    y[12:] = -1
+    params = dict(weights=None, max_epochs=2, random_state=0, device="cpu")
+    semi = TransferClassifier("test_cnn", **params, unlabeled="contrastive").fit(X, y)
+    message = (r"features='pretrained' needs the network this fit started from: the backbone "
+               r"that stage one of unlabeled='contrastive' pretrained \(weights_="
+               r".ContrastivePretrainer on 40 rows .*with weights=folder")
+    for model in (semi, pickle.loads(pickle.dumps(semi)),
+                  sktransfer.load(sktransfer.save(semi, tmp_path / "semi"))):
+        with pytest.raises(ValueError, match=message):
+            EmbeddingDisplay.from_estimator(model, X[:12], y[:12], features="pretrained")
+        assert EmbeddingDisplay.from_estimator(model, X[:12], y[:12]).embedding.shape == (12, 2)
+    pre = ContrastivePretrainer("test_cnn", **params).fit(X)
+    clf = TransferClassifier("test_cnn", **{**params, "weights": pre.save_weights(tmp_path / "p")})
+    disp = EmbeddingDisplay.from_estimator(clf.fit(X[:12], y[:12]), X[:12], y[:12],
+                                           features="pretrained")
+    np.testing.assert_allclose(np.abs(disp.embedding),
+                               np.abs(PCA(2).fit_transform(pre.transform(X[:12]))), atol=1e-4)
 
 
 def test_embedding_of_continuous_targets_has_a_colour_bar(reg):
