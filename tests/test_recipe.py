@@ -269,9 +269,11 @@ def test_lr_auto_chooses_a_rate_and_leaves_no_trace(tiny_images):
 
 def test_lr_auto_is_reported_when_verbose(tiny_images, capsys):
     X, y = tiny_images
-    _clf(lr="auto", verbose=1, max_epochs=1).fit(X, y)
+    clf = _clf(lr="auto", verbose=1, max_epochs=1).fit(X, y)
     out = capsys.readouterr().out
-    assert re.search(r"range test of \d+ steps in [\d.]+ s suggests lr=", out)
+    steps = len(clf.lr_range_test_["lr"])
+    assert re.search(rf"lr='auto': range test of {steps} steps in [\d.]+ s suggests "
+                     rf"lr={re.escape(f'{clf.lr_:.3g}')}\n", out)
 
 
 def test_ctrl_c_in_the_range_test_leaves_the_estimator_unchanged(tiny_images, monkeypatch):
