@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import clone
-from sklearn.utils import _safe_indexing
-from sklearn.utils.validation import _num_samples, column_or_1d
+from sklearn.utils.validation import column_or_1d
 
+from ._compat import num_samples, safe_indexing
 from ._model_folder import saved_stages_of
 from ._runtime import seed_from
 from .pretraining import AutoencoderPretrainer, ContrastivePretrainer
@@ -26,7 +26,7 @@ def fit_semi_supervised(clf, X, y):
     y = np.asarray(y) if not hasattr(y, "iloc") else y.to_numpy()
     if y.ndim == 2 and y.shape[1] == 1:
         y = column_or_1d(y, warn=True)
-    if y.ndim != 1 or len(y) != _num_samples(X):
+    if y.ndim != 1 or len(y) != num_samples(X):
         return clf._fit(X, y)  # which says what is wrong with y
     unlabeled = _unlabeled_rows(y)
     labeled = np.flatnonzero(~unlabeled)
@@ -37,7 +37,7 @@ def fit_semi_supervised(clf, X, y):
             "some rows, or pretrain alone with sktransfer.pretraining.ContrastivePretrainer."
         )
     if clf.warm_start and hasattr(clf, "module_"):  # continues the previous fit
-        return clf._fit(_safe_indexing(X, labeled), y[labeled])
+        return clf._fit(safe_indexing(X, labeled), y[labeled])
     clf._encode_y(y[labeled], n_samples=len(labeled))  # label errors before stage one
     pretrainer = _stage_one_pretrainer(clf, seed_from(clf.random_state))
     pretrainer.fit(X)
@@ -49,7 +49,7 @@ def fit_semi_supervised(clf, X, y):
         origin=f"starting from {pretrainer.weights_ or 'random initialisation'}",
         grayscale=clf.grayscale,
     )
-    return clf._fit(_safe_indexing(X, labeled), y[labeled], weights=stage_one)
+    return clf._fit(safe_indexing(X, labeled), y[labeled], weights=stage_one)
 
 
 def _stage_one_pretrainer(clf, seed):
