@@ -33,8 +33,8 @@ LAYERS = {
     # 2. training: the skorch net, its callbacks, schedules, the range test
     2: ["_training", "_schedules", "_lr_finder", "_pretext"],
     # 3. the scikit-learn surface, then the user-facing helpers on top of it
-    3: ["_compat", "_estimator", "_adaptive", "_base", "_recipe", "pretraining", "_semi_supervised",
-        "classifier", "regressor", "features", "_state_codec", "persistence", "_fashion_mnist",
+    3: ["_compat", "_estimator", "_adaptive", "_base", "_recipe", "pretraining",
+        "_semi_supervised", "classifier", "regressor", "features", "_state_codec", "persistence", "_fashion_mnist",
         "datasets", "plotting", "_saliency", "_displays", "_embedding", "inspection",
         "_explain", "cli", "__main__"],
 }
