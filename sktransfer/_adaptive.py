@@ -7,11 +7,16 @@ The rule, measured across data sizes in ``benchmarks/bench_data_size.py``:
   frozen pretrained features: a few optimizer steps on a handful of images move the backbone
   away from features that were already right. The model is then that linear probe (every stage
   frozen, the head fitted by logistic or ridge regression on the cached features, no epoch).
-- From there on, the last :data:`TRAIN_LAST` stages are fine-tuned, starting from the probe's
+- From there on, the stages after the first third are fine-tuned, starting from the probe's
   head (LP-FT, Kumar et al. 2022), for a budget counted in optimizer steps
   (:data:`STEP_BUDGET`), not epochs: a schedule of a dozen steps on 50 images is no
-  fine-tuning, and 12 epochs of 10,000 images is more than the last stages need. The epochs
-  are kept between :data:`MIN_EPOCHS` and :data:`MAX_EPOCHS`.
+  fine-tuning, and 12 epochs of 10,000 images is more than the stages need. The epochs are
+  kept between :data:`MIN_EPOCHS` and :data:`MAX_EPOCHS`. :data:`SELECT_FRACTION` of the
+  rows are held out, and the fine-tuned network is kept only if it scores strictly better
+  there than the probe fitted on the other rows (as P>M>F fine-tunes only when that beats
+  no fine-tuning); otherwise the model is the probe, refitted on every row. Fine-tuning
+  helps most where the images are far from the pretraining photos (grayscale products,
+  digits), and hurts where the frozen features already separate the classes.
 
 For a regressor, "labels per class" is taken as a tenth of the rows
 (:data:`ROWS_PER_REGRESSION_CLASS`). Only parameters left at ``"auto"`` follow the rule; a
@@ -25,18 +30,19 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-__all__ = ["Resolved", "labels_per_class", "resolve_auto"]
+__all__ = ["Resolved", "fine_tuned_score", "labels_per_class", "probe_score", "resolve_auto"]
 
 #: Labels per class under which the linear probe is the model.
 PROBE_BELOW = 20
-#: Stages fine-tuned (counted back from the head) once there are enough labels.
-TRAIN_LAST = 3
 #: Optimizer steps of fine-tuning, and the bounds on the epochs they make.
 STEP_BUDGET = 160
 MIN_EPOCHS, MAX_EPOCHS = 3, 12
 #: A regressor's rows that count as one class's labels.
 ROWS_PER_REGRESSION_CLASS = 10
+#: Share of the rows held out to compare the fine-tuned model with the probe.
+SELECT_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class Resolved:
     head_init: str
     max_epochs: int
     reason: str
+    select: bool = False  # compare the fine-tuned model with the probe on held-out rows
 
 
 def labels_per_class(y, *, classifier):
@@ -80,19 +87,23 @@ def resolve_auto(*, freeze_depth, head_init, max_epochs, per_class, n_train, bat
     ('all', 'linear_probe', 0)
     >>> r = resolve_auto(freeze_depth="auto", head_init="auto", max_epochs="auto",
     ...                  per_class=50, n_train=500, batch_size=32)
-    >>> r.freeze_depth, r.head_init, r.max_epochs
-    (-3, 'linear_probe', 10)
+    >>> r.freeze_depth, r.head_init, r.max_epochs, r.select
+    ('auto', 'linear_probe', 10, True)
     >>> resolve_auto(freeze_depth=-1, head_init="random", max_epochs=4, per_class=5,
     ...              n_train=50, batch_size=32).freeze_depth
     -1
     """
     probe = per_class < PROBE_BELOW
     reasons = []
+    select = freeze_depth == "auto" and not probe
     if freeze_depth == "auto":
-        freeze_depth = "all" if probe else -TRAIN_LAST
+        # "auto" left for the network: the first third of its stages frozen
+        freeze_depth = "all" if probe else "auto"
         reasons.append(
-            f"freeze_depth='auto' -> {freeze_depth!r} ({per_class:g} labels per class; "
-            f"the linear probe below {PROBE_BELOW}, else the last {TRAIN_LAST} stages)")
+            f"freeze_depth='auto' -> "
+            f"{repr('all') if probe else 'the first third of the stages'} ({per_class:g} labels "
+            f"per class; the linear probe below {PROBE_BELOW}, else fine-tuning if it beats "
+            "the probe on held-out rows)")
     if head_init == "auto":
         head_init = "linear_probe"
         reasons.append("head_init='auto' -> 'linear_probe'")
@@ -104,4 +115,25 @@ def resolve_auto(*, freeze_depth, head_init, max_epochs, per_class, n_train, bat
             max_epochs = int(np.clip(math.ceil(STEP_BUDGET / steps), MIN_EPOCHS, MAX_EPOCHS))
         reasons.append(f"max_epochs='auto' -> {max_epochs} ({n_train} training rows, "
                        f"batch {batch_size}, about {STEP_BUDGET} steps)")
-    return Resolved(freeze_depth, head_init, int(max_epochs), "; ".join(reasons))
+    select = select and head_init == "linear_probe"
+    return Resolved(freeze_depth, head_init, int(max_epochs), "; ".join(reasons), select)
+
+
+def probe_score(head, features, y, *, classifier):
+    """Held-out score of the linear probe that ``head`` holds: accuracy (classifier) or minus
+    the mean squared error of the scaled targets (regressor), as :func:`fine_tuned_score`."""
+    with torch.no_grad():
+        out = head(torch.as_tensor(features, dtype=head.weight.dtype)).numpy()
+    if classifier:
+        return float(np.mean(out.argmax(1) == y))
+    return -float(np.mean((out - np.asarray(y).reshape(out.shape)) ** 2))
+
+
+def fine_tuned_score(history, *, classifier, early_stopping):
+    """Held-out score of the fine-tuned model: of the epoch early stopping restored (the
+    lowest validation loss), else of the last epoch."""
+    rows = [row for row in history if "valid_loss" in row]
+    if not rows:
+        return -np.inf
+    row = min(rows, key=lambda r: r["valid_loss"]) if early_stopping else rows[-1]
+    return float(row["valid_acc"]) if classifier else -float(row["valid_loss"])

@@ -22,7 +22,13 @@ from skorch.helper import predefined_split
 from torch import nn
 
 from . import caching
-from ._adaptive import labels_per_class, resolve_auto
+from ._adaptive import (
+    SELECT_FRACTION,
+    fine_tuned_score,
+    labels_per_class,
+    probe_score,
+    resolve_auto,
+)
 from ._compat import Interval, StrOptions
 from ._data import ArrayDataset, ArraySource, make_source
 from ._estimator import _BACKBONE_CONSTRAINTS, BackboneEstimatorMixin
@@ -129,9 +135,11 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         "freeze_depth_": "freeze_depth",
         "head_init_": "optional_str",
         "max_epochs_": "optional_count",
+        "selection_scores_": "scores",
     }
     #: fitted attributes added after the first saved models: absent from older files (None)
-    _persisted_added = frozenset({"freeze_depth_", "head_init_", "max_epochs_"})
+    _persisted_added = frozenset({"freeze_depth_", "head_init_", "max_epochs_",
+                                  "selection_scores_"})
     _is_classifier = False
 
     def _network_options(self, freeze_depth=None):
@@ -203,11 +211,15 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         sample = src.batch(np.arange(min(len(src), 2)))
         net, info, warm = self._start_network(spec, y, sample, weights, auto.freeze_depth)
         net.to(config.device)
-        data = self._training_data(net, src, spec, y, info, config, warm=warm, sample=sample)
+        select = auto.select and not warm
+        data = self._training_data(net, src, spec, y, info, config, warm=warm, sample=sample,
+                                   select=select)
         fitted = {**info, "module_": net, "stage_names_": list(net.stages._modules),
-                  "cache_key_": data.cache_key, "lr_range_test_": None}
+                  "cache_key_": data.cache_key, "lr_range_test_": None,
+                  "selection_scores_": None}
         if auto.head_init == "linear_probe" and not warm:
-            self._probe_head(net, src, spec, info, y, criterion, data.train_idx, config)
+            probe = self._probe_head(net, src, spec, info, y, criterion, data.train_idx,
+                                     config)
             if info["n_frozen_stages_"] == len(net.stages):
                 # the whole backbone is frozen: the probe is the trained head, no epoch runs
                 _warn_unused_augmentation(self.augment, self.freeze_depth)
@@ -221,16 +233,52 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
             if self.verbose:
                 print(f"lr='auto': range test of {test['steps']} steps in "
                       f"{test['seconds']:.1f} s suggests lr={test['lr']:.3g}")
+        # the pretrained network, its head the probe of the training rows: to compare and restore
+        start = (_cpu_state(net), copy.deepcopy(net.head).cpu()) if select else None
         skorch_net, interrupted = self._run_skorch(net, criterion, config, data)
-        return {**fitted, "net_": skorch_net, "history_": history_rows(skorch_net.history),
+        history = history_rows(skorch_net.history)
+        if select and not interrupted:
+            kept = self._probe_or_fine_tuned(net, probe, start, history, y, data, criterion)
+            fitted.update(kept)
+            if kept.get("freeze_depth_") == "all":  # the probe held out better: it is the model
+                return {**fitted, "net_": self._wrap_in_skorch(net, config, criterion, []),
+                        "history_": [], "n_iter_": 0, "interrupted_": False, "lr_": None}
+        return {**fitted, "net_": skorch_net, "history_": history,
                 "n_iter_": len(skorch_net.history), "interrupted_": interrupted,
                 "lr_": float(config.lr)}
 
-    def _training_data(self, net, src, spec, y, info, config, *, warm, sample):
+    def _probe_or_fine_tuned(self, net, probe, start, history, y, data, criterion):
+        """Keep the fine-tuned network only if it scores strictly better than the linear
+        probe on the held-out rows (P>M>F's rule); else restore the pretrained network and
+        make the probe, refitted on every row, the model. The fitted attributes to update."""
+        (features, key), (state, head) = probe, start
+        valid_idx = np.setdiff1d(np.arange(len(y)), data.train_idx)
+        scores = {
+            "linear_probe": probe_score(head, features[valid_idx], y[valid_idx],
+                                        classifier=self._is_classifier),
+            "fine_tuned": fine_tuned_score(history, classifier=self._is_classifier,
+                                           early_stopping=self.early_stopping),
+        }
+        if self.verbose:
+            print(f"held-out {'accuracy' if self._is_classifier else '-MSE'} of "
+                  f"{len(valid_idx)} rows: linear probe {scores['linear_probe']:.4g}, "
+                  f"fine-tuned {scores['fine_tuned']:.4g}")
+        if scores["fine_tuned"] > scores["linear_probe"]:
+            return {"selection_scores_": scores}
+        net.load_state_dict(state)
+        fit_probe_head(net.head, features, y, classifier=self._is_classifier,
+                       class_weight=getattr(criterion, "class_weights", None))
+        net.refreeze(len(net.stages), **_refreeze_options(self.batchnorm))
+        net.eval()
+        return {"selection_scores_": scores, "freeze_depth_": "all",
+                "n_frozen_stages_": len(net.stages), "cache_key_": key}
+
+    def _training_data(self, net, src, spec, y, info, config, *, warm, sample, select=False):
         """The training (and validation) sets: cached outputs of the frozen stages where
-        that is exact, augmented images where asked."""
+        that is exact, augmented images where asked; rows held out for early stopping or for
+        ``select`` (comparing the fine-tuned model with the probe)."""
         k = info["n_frozen_stages_"]
-        train_idx, valid_idx = self._split(y, config.seed)
+        train_idx, valid_idx = self._split(y, config.seed, select=select)
         drop_last = self._check_batchnorm_batches(net, k, len(train_idx))
         cachable = self.cache is not False and not warm and frozen_prefix_is_exact(net, k)
         if self.augment == "flip" and cachable:
@@ -272,6 +320,7 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
 
     def _run_skorch(self, net, criterion, config, data):
         callbacks = training_callbacks(config, data.probe, validate=data.valid is not None,
+                                       stop_early=self.early_stopping,
                                        accuracy=self._is_classifier, drop_last=data.drop_last)
         skorch_net = make_skorch_net(
             net, criterion, config, callbacks=callbacks, drop_last=data.drop_last,
@@ -288,7 +337,7 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
     def _probe_head(self, net, src, spec, info, y, criterion, train_idx, config):
         """Linear-probe head start: the head set to a linear model fitted on the pretrained
         features of the training rows (computed once, through the activation cache)."""
-        n, feats = len(net.stages), None
+        n, feats, key = len(net.stages), None, None
         with amp_context(config.device, self.precision):
             if self.cache is not False:
                 key = self._prefix_key(info["backbone_name_"], info["weights_"], spec, n,
@@ -298,9 +347,11 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
                     batch_size=self._infer_batch_size(), memory=self._memory(),
                 )
             if feats is None:  # no cache, or over its budget
+                key = None
                 feats = torch.from_numpy(batched_features(net, src, config.device,
                                                           self._infer_batch_size()))
-        feats = feats.numpy()[train_idx]
+        every = feats.numpy()
+        feats = every[train_idx]
         bad = ~np.isfinite(feats).all(axis=1)
         if bad.any():
             raise FloatingPointError(
@@ -312,26 +363,22 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         weights = getattr(criterion, "class_weights", None)
         fit_probe_head(net.head, feats, y[train_idx],
                        classifier=self._is_classifier, class_weight=weights)
+        return every, key
 
     def _start_network(self, spec, y, sample, weights, freeze_depth):
         """``(net, attrs, warm)``: a fresh network from the pretrained weights, or
         (``warm_start``) a copy of the fitted one; the fitted attributes that describe it."""
         n_outputs = self._n_outputs(y)
-        # "auto"'s "the last few stages": as many as the backbone has, at most
-        clamp = self.freeze_depth == "auto" and freeze_depth != "all"
         if not (self.warm_start and hasattr(self, "module_")):
             weights = self.weights if weights is None else weights
             built = self._build_network(spec, n_outputs, sample, weights=weights,
-                                        freeze_depth=0 if clamp else freeze_depth)
-            net, k = built.net, built.n_frozen
-            if clamp:
-                freeze_depth = max(freeze_depth, -len(net.stages))
-                k = n_frozen_stages(freeze_depth, list(net.stages._modules))
-                net.refreeze(k, **_refreeze_options(self.batchnorm))
-            return net, {
+                                        freeze_depth=freeze_depth)
+            k = built.n_frozen
+            return built.net, {
                 "backbone_name_": built.backbone_name, "weights_": built.weights,
                 "n_frozen_stages_": k, "n_features_out_": built.n_features,
-                "freeze_depth_": freeze_depth,
+                # "auto" fine-tuning froze the first third: the count it froze
+                "freeze_depth_": k if freeze_depth == "auto" else freeze_depth,
             }, False
         if self.input_spec_.sample_shape != spec.sample_shape:
             raise ValueError(
@@ -341,20 +388,19 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         net = copy.deepcopy(self.module_)
         if n_outputs != net.head.out_features:
             raise ValueError("warm_start=True needs the same number of outputs as before.")
-        if clamp:
-            freeze_depth = max(freeze_depth, -len(self.stage_names_))
         k = n_frozen_stages(freeze_depth, list(self.stage_names_))
         net.refreeze(k, **_refreeze_options(self.batchnorm))
         return net, {"backbone_name_": self.backbone_name_, "weights_": self.weights_,
                      "n_frozen_stages_": k, "n_features_out_": self.n_features_out_,
-                     "freeze_depth_": freeze_depth}, True
+                     "freeze_depth_": k if freeze_depth == "auto" else freeze_depth}, True
 
-    def _split(self, y, seed):
-        """Training and validation indices (``None`` for validation without early stopping)."""
-        if not self.early_stopping:
+    def _split(self, y, seed, select=False):
+        """Training and validation indices (``None`` for validation without early stopping
+        or ``select``)."""
+        if not (self.early_stopping or select):
             return np.arange(len(y)), None
-        return validation_split(y, self.validation_fraction, seed,
-                                stratified=self._is_classifier)
+        fraction = self.validation_fraction if self.early_stopping else SELECT_FRACTION
+        return validation_split(y, fraction, seed, stratified=self._is_classifier)
 
     def _check_batchnorm_batches(self, net, k, n_train):
         """Refuse to train BatchNorm on one sample; say whether the last batch must be
@@ -464,6 +510,11 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = self.random_state is None
         return tags
+
+
+def _cpu_state(net):
+    """A copy of ``net``'s state on the CPU (to restore the pretrained network)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
 
 
 def _warn_unused_augmentation(augment, freeze_depth):

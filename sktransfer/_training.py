@@ -510,10 +510,11 @@ class TrainingConfig:
     start_epoch: int = 0
 
 
-def training_callbacks(config, probe, *, validate=False, accuracy=False, drop_last=False):
-    """The callbacks of a fit: the learning-rate schedule, the guard, early stopping on a
-    validation split (``validate``), validation accuracy (``accuracy``), a progress bar
-    (``verbose >= 2``), the user's own."""
+def training_callbacks(config, probe, *, validate=False, stop_early=True, accuracy=False,
+                       drop_last=False):
+    """The callbacks of a fit: the learning-rate schedule, the guard, on a validation split
+    (``validate``) early stopping (``stop_early``) and validation accuracy (``accuracy``), a
+    progress bar (``verbose >= 2``), the user's own."""
     callbacks = []
     if config.lr_schedule != "constant":
         callbacks.append(("lr_schedule", StepSchedule(
@@ -523,6 +524,7 @@ def training_callbacks(config, probe, *, validate=False, accuracy=False, drop_la
     if validate:
         if accuracy:
             callbacks.append(("valid_acc", _ValidAccuracy()))
+    if validate and stop_early:
         callbacks.append(("early_stopping", _EarlyStopping(
             monitor="valid_loss", patience=config.patience, threshold=config.tol,
             threshold_mode="abs", load_best=True, sink=lambda *a, **k: None,

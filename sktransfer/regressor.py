@@ -32,7 +32,9 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         the last ``k`` stages; ``"all"`` trains the new head alone (a linear probe).
         ``"auto"`` adapts to the data: with fewer than 20 labels per class (a regressor:
         200 rows) every stage is frozen and the model is a linear probe on the pretrained
-        features; with more, the last 3 stages are fine-tuned. The choice is in
+        features; with more, the stages after the first third are fine-tuned from the probe
+        (LP-FT) on 80 % of the rows, and kept only if they beat the probe on the other 20 %
+        (else the model is the probe, refitted on every row). The choice is in
         ``freeze_depth_`` (see the user guide, "How much data do I need?").
     lr : float or "auto", default=0.05
         Learning rate; ``"auto"`` runs a range test first (see :class:`TransferClassifier`).
@@ -131,6 +133,11 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
     max_epochs_ : int
         The ``max_epochs`` trained with: ``max_epochs``, or what ``"auto"`` chose (0: no
         epoch, the model is the linear probe).
+    selection_scores_ : dict or None
+        When ``freeze_depth="auto"`` fine-tuned and compared: the held-out scores of the
+        linear probe and of the fine-tuned network (accuracy; a regressor: minus the mean
+        squared error of the scaled targets), ``{"linear_probe": ..., "fine_tuned": ...}``.
+        The fine-tuned network is kept only if its score is higher. ``None`` otherwise.
     lr_ : float or None
         The learning rate trained with (``None`` when no epoch ran).
     lr_range_test_ : dict or None

@@ -11,7 +11,13 @@ from sklearn.model_selection import GridSearchCV
 
 import sktransfer
 from sktransfer import TransferClassifier, TransferRegressor
-from sktransfer._adaptive import MAX_EPOCHS, PROBE_BELOW, STEP_BUDGET, TRAIN_LAST, resolve_auto
+from sktransfer._adaptive import (
+    MAX_EPOCHS,
+    PROBE_BELOW,
+    SELECT_FRACTION,
+    STEP_BUDGET,
+    resolve_auto,
+)
 
 
 def _images(per_class, n_classes=2, seed=0):
@@ -33,15 +39,39 @@ def test_few_labels_per_class_make_the_model_the_linear_probe():
     assert clf.n_frozen_stages_ == 3 and clf.n_iter_ == 0 and clf.history_ == []
 
 
-def test_enough_labels_per_class_fine_tune_the_last_stages_from_the_probe():
+@pytest.mark.parametrize("winner", ["fine_tuned", "linear_probe"])
+def test_enough_labels_per_class_fine_tune_and_keep_it_only_if_it_beats_the_probe(
+        winner, monkeypatch):
+    from sktransfer import _base
+
+    # the probe's held-out score, made to lose or win
+    monkeypatch.setattr(_base, "probe_score", lambda *a, **k: -np.inf if winner ==
+                        "fine_tuned" else np.inf)
     X, y = _images(PROBE_BELOW)
     clf = _clf(batch_size=8).fit(X, y)
-    # test_cnn has 3 stages, TRAIN_LAST of them (all three) are trained
-    assert clf.freeze_depth_ == -min(TRAIN_LAST, 3) and clf.n_frozen_stages_ == 0
     assert clf.head_init_ == "linear_probe"
-    steps = int(np.ceil(len(y) / 8))
+    n_train = len(y) - int(np.ceil(SELECT_FRACTION * len(y)))  # rows held out to compare
+    steps = int(np.ceil(n_train / 8))
     assert clf.max_epochs_ == min(MAX_EPOCHS, int(np.ceil(STEP_BUDGET / steps)))
-    assert clf.n_iter_ == clf.max_epochs_
+    assert set(clf.selection_scores_) == {"linear_probe", "fine_tuned"}
+    if winner == "fine_tuned":
+        # test_cnn has 3 stages: the first third (one) frozen
+        assert clf.freeze_depth_ == 1 and clf.n_frozen_stages_ == 1
+        assert clf.n_iter_ == clf.max_epochs_
+    else:
+        # the pretrained network back, every stage frozen, the probe refitted on every row
+        assert clf.freeze_depth_ == "all" and clf.n_frozen_stages_ == 3 and clf.n_iter_ == 0
+        probe = _clf(freeze_depth="all").fit(X, y)
+        np.testing.assert_allclose(clf.predict_proba(X), probe.predict_proba(X), atol=1e-6)
+
+
+def test_the_choice_follows_the_held_out_scores():
+    X, y = _images(PROBE_BELOW)
+    clf = _clf(batch_size=8).fit(X, y)
+    scores = clf.selection_scores_
+    won = scores["fine_tuned"] > scores["linear_probe"]
+    assert clf.freeze_depth_ == (1 if won else "all")
+    assert clf.n_iter_ == (clf.max_epochs_ if won else 0)
 
 
 def test_a_value_the_user_sets_is_always_obeyed():
@@ -53,6 +83,7 @@ def test_a_value_the_user_sets_is_always_obeyed():
     partly = _clf(freeze_depth=2, batch_size=8).fit(X, y)
     assert partly.freeze_depth_ == 2 and partly.head_init_ == "linear_probe"
     assert partly.max_epochs_ == MAX_EPOCHS and partly.n_iter_ == MAX_EPOCHS
+    assert partly.selection_scores_ is None  # a depth the user set is not second-guessed
 
 
 def test_the_resolved_values_are_the_same_on_every_run_and_clones_see_auto():
@@ -90,7 +121,7 @@ def test_regressor_counts_a_tenth_of_its_rows_as_labels_per_class():
     assert small.freeze_depth_ == "all" and small.n_iter_ == 0  # 4 "labels per class"
     large = TransferRegressor("test_cnn", weights=None, random_state=0,
                               batch_size=32).fit(X, y)
-    assert large.freeze_depth_ == -3 and large.n_iter_ == large.max_epochs_ > 0
+    assert set(large.selection_scores_) == {"linear_probe", "fine_tuned"}  # it compared
 
 
 def test_augmentation_left_unused_by_the_probe_is_said(tiny_images):
@@ -121,7 +152,7 @@ def test_the_rule_itself():
     kw = dict(freeze_depth="auto", head_init="auto", max_epochs="auto", batch_size=32)
     assert resolve_auto(per_class=PROBE_BELOW - 0.5, n_train=10, **kw).freeze_depth == "all"
     r = resolve_auto(per_class=PROBE_BELOW, n_train=32 * 1000, **kw)
-    assert r.freeze_depth == -TRAIN_LAST and r.max_epochs >= 1
+    assert r.freeze_depth == "auto" and r.select and r.max_epochs >= 1
     # a random head on frozen stages still trains
     r = resolve_auto(per_class=1, n_train=10, **{**kw, "head_init": "random"})
     assert r.freeze_depth == "all" and r.max_epochs > 0

@@ -19,7 +19,9 @@ from sktransfer._compat import InvalidParameterError
 
 
 def _clf(**kw):
-    params = dict(weights=None, max_epochs=2, batch_size=8, random_state=0)
+    # a depth and a head that train whatever the data size ("auto" may pick the probe)
+    params = dict(weights=None, max_epochs=2, batch_size=8, random_state=0, freeze_depth=1,
+                  head_init="random")
     params.update(kw)
     return TransferClassifier("test_cnn", **params)
 

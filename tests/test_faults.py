@@ -26,7 +26,9 @@ def data():
 
 
 def _cnn(**params):
-    return TransferClassifier("test_cnn", **{**TINY, "max_epochs": 2, **params})
+    # a depth and a head that train whatever the data size ("auto" may pick the probe)
+    trained = {"max_epochs": 2, "freeze_depth": 1, "head_init": "random"}
+    return TransferClassifier("test_cnn", **{**TINY, **trained, **params})
 
 
 # ---------------------------------------------------------------------------------------------

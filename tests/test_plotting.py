@@ -65,7 +65,7 @@ def test_draws_on_given_axes():
 def test_fitted_classifier_history_is_plotted(tiny_images):
     X, y = tiny_images
     clf = TransferClassifier(
-        "test_cnn", weights=None, max_epochs=3, early_stopping=True,
+        "test_cnn", weights=None, max_epochs=3, early_stopping=True, freeze_depth=1,
         validation_fraction=0.25, n_iter_no_change=10, random_state=0,
     ).fit(X, y)
     ax = plot_learning_curves(clf)

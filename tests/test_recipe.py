@@ -22,7 +22,9 @@ from sktransfer._recipe import PROBE_ABSENT_PROBA, PROBE_ALPHA, PROBE_C
 
 
 def _clf(**kw):
-    params = dict(weights=None, max_epochs=2, batch_size=8, random_state=0)
+    # a depth and a head that train whatever the data size ("auto" may pick the probe)
+    params = dict(weights=None, max_epochs=2, batch_size=8, random_state=0, freeze_depth=1,
+                  head_init="random")
     params.update(kw)
     return TransferClassifier("test_cnn", **params)
 
@@ -225,7 +227,7 @@ def test_label_smoothing_gives_the_smoothed_cross_entropy(tiny_vectors, eps):
     first = _FirstBatch()  # one batch of every row: its loss is that of the starting network
     smooth = TransferClassifier("test_mlp", weights=None, max_epochs=1, batch_size=len(X),
                                 cache=False, label_smoothing=eps, random_state=0,
-                                callbacks=[("first", first)]).fit(X, y)
+                                freeze_depth=0, callbacks=[("first", first)]).fit(X, y)
     assert smooth.net_.criterion_.label_smoothing == eps
     xb, yb = first.batch
     assert len(yb) == len(X)
