@@ -358,7 +358,8 @@ class ResultStore:
 
     def _path(self, key):
         blob = json.dumps({**key, "source": self.digest, "data_version": DATA_VERSION,
-                           "torch": torch.__version__}, sort_keys=True, default=repr)
+                           "torch": torch.__version__,
+                           "threads": torch.get_num_threads()}, sort_keys=True, default=repr)
         digest = hashlib.sha1(blob.encode()).hexdigest()[:12]
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{key['data']}-{key['n']}-{key['seed']}-"
                                                    f"{key['arm']}")
@@ -469,6 +470,14 @@ def _plain_cells(args, quick):
 
 def main(argv=None):
     args = parse_args(argv)
+    from threadpoolctl import threadpool_limits
+
+    # --threads also bounds scikit-learn's BLAS and OpenMP pools, for this run only
+    with threadpool_limits(args.threads):
+        return _run(args)
+
+
+def _run(args):
     run_start = time.perf_counter()
     load_before = loadavg()
     quick = args.quick
