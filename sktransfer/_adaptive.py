@@ -7,7 +7,7 @@ The rule, measured across data sizes in ``benchmarks/bench_data_size.py``:
   frozen pretrained features: a few optimizer steps on a handful of images move the backbone
   away from features that were already right. The model is then that linear probe (every stage
   frozen, the head fitted by logistic or ridge regression on the cached features, no epoch).
-- From there on, the stages after the first third are fine-tuned, starting from the probe's
+- From there on, the second half of the stages (:data:`FROZEN_SHARE`) is fine-tuned, starting from the probe's
   head (LP-FT, Kumar et al. 2022), for a budget counted in optimizer steps
   (:data:`STEP_BUDGET`), not epochs: a schedule of a dozen steps on 50 images is no
   fine-tuning, and 12 epochs of 10,000 images is more than the stages need. The epochs are
@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Resolved", "fine_tuned_score", "labels_per_class", "probe_score", "resolve_auto"]
+__all__ = ["Resolved", "fine_tuned_score", "fine_tuning_frozen", "labels_per_class",
+           "probe_score", "resolve_auto"]
 
 #: Labels per class under which the linear probe is the model.
 PROBE_BELOW = 20
@@ -43,6 +44,21 @@ MIN_EPOCHS, MAX_EPOCHS = 3, 12
 ROWS_PER_REGRESSION_CLASS = 10
 #: Share of the rows held out to compare the fine-tuned model with the probe.
 SELECT_FRACTION = 0.2
+#: Share of the stages, from the input, that fine-tuning keeps frozen.
+FROZEN_SHARE = 0.5
+
+
+def fine_tuning_frozen(n_stages):
+    """Stages that fine-tuning chosen by the rule keeps frozen: the first half, rounded down
+    (EfficientNet-Lite0: 4 of 9).
+
+    Examples
+    --------
+    >>> from sktransfer._adaptive import fine_tuning_frozen
+    >>> fine_tuning_frozen(9), fine_tuning_frozen(3)
+    (4, 1)
+    """
+    return int(n_stages * FROZEN_SHARE)
 
 
 @dataclass(frozen=True)
@@ -97,11 +113,11 @@ def resolve_auto(*, freeze_depth, head_init, max_epochs, per_class, n_train, bat
     reasons = []
     select = freeze_depth == "auto" and not probe
     if freeze_depth == "auto":
-        # "auto" left for the network: the first third of its stages frozen
+        # "auto" left for the network: the first half of its stages frozen
         freeze_depth = "all" if probe else "auto"
         reasons.append(
             f"freeze_depth='auto' -> "
-            f"{repr('all') if probe else 'the first third of the stages'} ({per_class:g} labels "
+            f"{repr('all') if probe else 'the first half of the stages frozen'} ({per_class:g} labels "
             f"per class; the linear probe below {PROBE_BELOW}, else fine-tuning if it beats "
             "the probe on held-out rows)")
     if head_init == "auto":

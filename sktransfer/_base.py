@@ -25,6 +25,7 @@ from . import caching
 from ._adaptive import (
     SELECT_FRACTION,
     fine_tuned_score,
+    fine_tuning_frozen,
     labels_per_class,
     probe_score,
     resolve_auto,
@@ -371,14 +372,17 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         n_outputs = self._n_outputs(y)
         if not (self.warm_start and hasattr(self, "module_")):
             weights = self.weights if weights is None else weights
+            auto = freeze_depth == "auto"  # fine-tuning chosen by the rule: its share frozen
             built = self._build_network(spec, n_outputs, sample, weights=weights,
-                                        freeze_depth=freeze_depth)
+                                        freeze_depth="all" if auto else freeze_depth)
             k = built.n_frozen
+            if auto:
+                k = fine_tuning_frozen(len(built.net.stages))
+                built.net.refreeze(k, **_refreeze_options(self.batchnorm))
             return built.net, {
                 "backbone_name_": built.backbone_name, "weights_": built.weights,
                 "n_frozen_stages_": k, "n_features_out_": built.n_features,
-                # "auto" fine-tuning froze the first third: the count it froze
-                "freeze_depth_": k if freeze_depth == "auto" else freeze_depth,
+                "freeze_depth_": k if auto else freeze_depth,
             }, False
         if self.input_spec_.sample_shape != spec.sample_shape:
             raise ValueError(
@@ -388,7 +392,8 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         net = copy.deepcopy(self.module_)
         if n_outputs != net.head.out_features:
             raise ValueError("warm_start=True needs the same number of outputs as before.")
-        k = n_frozen_stages(freeze_depth, list(self.stage_names_))
+        k = (fine_tuning_frozen(len(self.stage_names_)) if freeze_depth == "auto"
+             else n_frozen_stages(freeze_depth, list(self.stage_names_)))
         net.refreeze(k, **_refreeze_options(self.batchnorm))
         return net, {"backbone_name_": self.backbone_name_, "weights_": self.weights_,
                      "n_frozen_stages_": k, "n_features_out_": self.n_features_out_,

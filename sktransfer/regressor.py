@@ -32,7 +32,7 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         the last ``k`` stages; ``"all"`` trains the new head alone (a linear probe).
         ``"auto"`` adapts to the data: with fewer than 20 labels per class (a regressor:
         200 rows) every stage is frozen and the model is a linear probe on the pretrained
-        features; with more, the stages after the first third are fine-tuned from the probe
+        features; with more, the second half of the stages is fine-tuned from the probe
         (LP-FT) on 80 % of the rows, and kept only if they beat the probe on the other 20 %
         (else the model is the probe, refitted on every row). The choice is in
         ``freeze_depth_`` (see the user guide, "How much data do I need?").

@@ -55,7 +55,7 @@ def test_enough_labels_per_class_fine_tune_and_keep_it_only_if_it_beats_the_prob
     assert clf.max_epochs_ == min(MAX_EPOCHS, int(np.ceil(STEP_BUDGET / steps)))
     assert set(clf.selection_scores_) == {"linear_probe", "fine_tuned"}
     if winner == "fine_tuned":
-        # test_cnn has 3 stages: the first third (one) frozen
+        # test_cnn has 3 stages: the first half (one, rounded down) frozen
         assert clf.freeze_depth_ == 1 and clf.n_frozen_stages_ == 1
         assert clf.n_iter_ == clf.max_epochs_
     else:
