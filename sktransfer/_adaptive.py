@@ -36,7 +36,7 @@ __all__ = ["Resolved", "fine_tuned_score", "fine_tuning_frozen", "labels_per_cla
            "probe_score", "resolve_auto"]
 
 #: Labels per class under which the linear probe is the model.
-PROBE_BELOW = 20
+PROBE_BELOW = 50
 #: Optimizer steps of fine-tuning, and the bounds on the epochs they make.
 STEP_BUDGET = 160
 MIN_EPOCHS, MAX_EPOCHS = 3, 12

@@ -115,10 +115,11 @@ def test_verbose_says_what_auto_became(capsys):
 
 
 def test_regressor_counts_a_tenth_of_its_rows_as_labels_per_class():
-    X, _ = _images(100)  # 200 rows: 20 "labels per class"
+    X, _ = _images(PROBE_BELOW * 5)  # as many "labels per class" as PROBE_BELOW
     y = X[:, :8].mean(axis=(1, 2, 3))
     small = TransferRegressor("test_cnn", weights=None, random_state=0).fit(X[:40], y[:40])
     assert small.freeze_depth_ == "all" and small.n_iter_ == 0  # 4 "labels per class"
+    assert small.selection_scores_ is None
     large = TransferRegressor("test_cnn", weights=None, random_state=0,
                               batch_size=32).fit(X, y)
     assert set(large.selection_scores_) == {"linear_probe", "fine_tuned"}  # it compared
