@@ -20,15 +20,16 @@ from .pretraining import AutoencoderPretrainer, ContrastivePretrainer
 __all__ = ["fit_semi_supervised", "refuse_unlabeled_marker"]
 
 
-def fit_semi_supervised(clf, X, y):
+def fit_semi_supervised(clf, X, y, unlabeled=None):
     """Stage one (self-supervised pretraining on every row), then fine-tuning on the
-    labeled rows, starting from the stages of stage one."""
+    labeled rows, starting from the stages of stage one. ``unlabeled``: the unlabeled rows
+    (default: those of y labelled -1)."""
     y = np.asarray(y) if not hasattr(y, "iloc") else y.to_numpy()
     if y.ndim == 2 and y.shape[1] == 1:
         y = column_or_1d(y, warn=True)
     if y.ndim != 1 or len(y) != num_samples(X):
         return clf._fit(X, y)  # which says what is wrong with y
-    unlabeled = _unlabeled_rows(y)
+    unlabeled = _unlabeled_rows(y) if unlabeled is None else np.asarray(unlabeled, bool)
     labeled = np.flatnonzero(~unlabeled)
     if len(labeled) == 0:
         raise ValueError(
