@@ -35,6 +35,7 @@ BENCHMARKS = [
     "bench_recipe",
     "bench_saliency",
     "bench_pretraining",
+    "bench_adaptation",
 ]
 README = os.path.join(HERE, "README.md")
 START, END = "<!-- results:start -->", "<!-- results:end -->"

@@ -105,8 +105,10 @@ def refuse_unlabeled_marker(y):
                  else f"in every row ({len(y)})")
         raise ValueError(
             f"y holds -1 {where}: scikit-learn marks unlabeled "
-            "rows with -1 (sklearn.semi_supervised). To use them, pass unlabeled='contrastive' "
-            "(or 'autoencoder', or a pretrainer): the backbone is pretrained on every row, then "
-            "fine-tuned on the labeled ones. To ignore them, drop those rows. If -1 is a class "
-            "of its own, give the labels another type (e.g. y.astype(str))."
+            "rows with -1 (sklearn.semi_supervised). To use them, say what they are for: "
+            "unlabeled='coral', 'mcc' or 'dann' when they are images of another domain, the "
+            "one to predict (domain adaptation); unlabeled='contrastive' (or 'autoencoder', "
+            "or a pretrainer) to pretrain the backbone on every row, then fine-tune on the "
+            "labeled ones. To ignore them, drop those rows. If -1 is a class of its own, give "
+            "the labels another type (e.g. y.astype(str))."
         )

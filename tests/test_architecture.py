@@ -34,7 +34,8 @@ LAYERS = {
     2: ["_training", "_schedules", "_lr_finder", "_pretext", "_adaptation_training"],
     # 3. the scikit-learn surface, then the user-facing helpers on top of it
     3: ["_compat", "_estimator", "_adaptive", "_base", "_recipe", "pretraining",
-        "_semi_supervised", "_domain", "adaptation", "classifier", "regressor", "features", "_state_codec", "persistence", "_fashion_mnist",
+        "_semi_supervised", "_domain", "adaptation", "classifier", "regressor", "features",
+        "_state_codec", "persistence", "_fashion_mnist",
         "datasets", "plotting", "_saliency", "_displays", "_embedding", "inspection",
         "_explain", "cli", "__main__"],
 }
