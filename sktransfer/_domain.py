@@ -57,9 +57,9 @@ def unlabeled_mask(y, n, *, classifier, sample_domain=None):
     y = _as_array(y)
     if classifier and y.dtype.kind in "fc" and np.isnan(y).any():
         raise ValueError(
-            f"y holds NaN in {int(np.isnan(y).sum())} row(s): a classifier marks unlabeled "
-            "rows with -1 (NaN is a regressor's marker). Replace NaN by -1 (and give y an "
-            "integer or string type), or drop those rows."
+            f"Input y contains NaN or infinity (NaN in {int(np.isnan(y).sum())} row(s)): a "
+            "classifier marks unlabeled rows with -1 (NaN is a regressor's marker). Replace "
+            "NaN by -1 (and give y an integer or string type), or drop those rows."
         )
     if classifier:
         mask = _minus_one(y)

@@ -288,7 +288,8 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         y = y.astype(np.float64)
         if np.isnan(y).any():
             raise ValueError(
-                f"Input y contains NaN (in {int(np.isnan(y).any(axis=-1).sum())} row(s)). NaN "
+                "Input y contains NaN or infinity (NaN in "
+                f"{int(np.isnan(y).any(axis=-1).sum())} row(s)). NaN "
                 "marks unlabeled rows: to adapt the model to them (images of the domain to "
                 "predict) pass unlabeled='coral'; otherwise drop those rows."
             )
