@@ -111,6 +111,18 @@ class _DomainScorer:
     ``sample_domain`` when scikit-learn's metadata routing is on (it works without it)."""
 
     def get_metadata_routing(self):
+        """The metadata the scorer asks for: ``sample_domain``, when routing is on.
+
+        Returns
+        -------
+        request : sklearn.utils.metadata_routing.MetadataRequest
+            ``sample_domain`` requested for ``score``.
+
+        Examples
+        --------
+        >>> PredictionEntropyScorer().get_metadata_routing().score.requests
+        {'sample_domain': True}
+        """
         request = MetadataRequest(owner=type(self).__name__)
         request.score.add_request(param="sample_domain", alias=True)
         return request
