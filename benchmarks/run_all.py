@@ -36,6 +36,7 @@ BENCHMARKS = [
     "bench_saliency",
     "bench_pretraining",
     "bench_data_size",
+    "bench_adaptation",
 ]
 README = os.path.join(HERE, "README.md")
 START, END = "<!-- results:start -->", "<!-- results:end -->"

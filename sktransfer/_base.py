@@ -22,7 +22,9 @@ from skorch.helper import predefined_split
 from torch import nn
 
 from . import caching
+from ._adaptation_training import adaptation_net_options, labeled_rows, mark_unlabeled
 from ._adaptive import (
+    PROBE_BELOW,
     SELECT_FRACTION,
     fine_tuned_score,
     fine_tuning_frozen,
@@ -82,6 +84,7 @@ class _TrainingData:
     drop_last: bool
     cache_key: str | None
     probe: torch.Tensor  # a raw input batch, for the guard's eval-mode check
+    target: ArrayDataset | None = None  # unlabeled target rows of domain adaptation
 
 _FINE_TUNING_CONSTRAINTS = {
     **_BACKBONE_CONSTRAINTS,
@@ -148,16 +151,18 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         return {"freeze_depth": depth, "batchnorm": self.batchnorm,
                 "fast_depthwise": not self.compile}
 
-    def _resolve_auto(self, y):
+    def _resolve_auto(self, y, adapting=False):
         """The ``"auto"`` hyperparameters resolved for training targets ``y``
-        (:mod:`sktransfer._adaptive`)."""
+        (:mod:`sktransfer._adaptive`); ``adapting`` (domain adaptation) never resolves to
+        the linear probe, whose frozen features nothing could adapt."""
         n_train = len(y)
         if self.early_stopping:
             n_train -= int(np.ceil(self.validation_fraction * n_train))
         resolved = resolve_auto(
             freeze_depth=self.freeze_depth, head_init=self.head_init,
             max_epochs=self.max_epochs, batch_size=self.batch_size, n_train=max(1, n_train),
-            per_class=labels_per_class(y, classifier=self._is_classifier),
+            per_class=max(labels_per_class(y, classifier=self._is_classifier),
+                          PROBE_BELOW if adapting else 0),
         )
         if self.verbose and resolved.reason:
             print(resolved.reason)
@@ -165,27 +170,32 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
 
     # -- fit ----------------------------------------------------------------------------------
 
-    def _fit(self, X, y, *, weights=None):
+    def _fit(self, X, y, *, weights=None, target=None):
         """Fit on X and y, from ``weights`` (default: the ``weights`` hyperparameter; a
-        semi-supervised fit passes the stages its stage one pretrained)."""
+        semi-supervised fit passes the stages its stage one pretrained). ``target``: the
+        unlabeled rows a domain-adapted fit adapts to (:mod:`sktransfer._domain`)."""
         if y is None:
             raise ValueError(
                 f"{type(self).__name__} requires y to be passed, but the target y is None."
             )
         X, spec, feature_names = self._validate_fit_input(X)
-        y_enc, y_attrs = self._encode_y(y, n_samples=X.shape[0])
+        if target is None:
+            y_enc, y_attrs = self._encode_y(y, n_samples=X.shape[0])
+        else:  # the labeled rows encoded; the target rows carry the marker (-1 or NaN)
+            y_enc, y_attrs = self._encode_y(_labeled(y, target), n_samples=int((~target).sum()))
         criterion = self._criterion(y_enc, y_attrs)
         device = resolve_device(self.device)
         check_precision(self.precision, device)
         seed = seed_from(self.random_state)
-        auto = self._resolve_auto(y_enc)
+        auto = self._resolve_auto(y_enc, adapting=target is not None)
         # inference_mode(False): a fit called inside torch.inference_mode() still trains
         with seeded_global_state(seed, device), torch.inference_mode(False):
             accelerator = None
             if self.accelerator is not None:
                 accelerator = make_accelerator(self.accelerator, self.precision, device)
                 device = str(accelerator.device)
-            fitted = self._train(X, y_enc, spec, criterion, weights, auto, TrainingConfig(
+            y_fit = y_enc if target is None else mark_unlabeled(y_enc, target)
+            fitted = self._train(X, y_fit, spec, criterion, weights, auto, TrainingConfig(
                 lr=self.lr if self.lr != "auto" else 0.0, max_epochs=max(1, auto.max_epochs),
                 batch_size=self.batch_size, seed=seed,
                 device=device, optimizer=self.optimizer, momentum=self.momentum,
@@ -212,7 +222,8 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         sample = src.batch(np.arange(min(len(src), 2)))
         net, info, warm = self._start_network(spec, y, sample, weights, auto.freeze_depth)
         net.to(config.device)
-        select = auto.select and not warm
+        # compared with the probe only without target rows (the probe cannot adapt to them)
+        select = auto.select and not warm and len(labeled_rows(y)) == len(y)
         data = self._training_data(net, src, spec, y, info, config, warm=warm, sample=sample,
                                    select=select)
         fitted = {**info, "module_": net, "stage_names_": list(net.stages._modules),
@@ -285,8 +296,9 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         if self.augment == "flip" and cachable:
             data = self._cached_flips(net, k, src, spec, y, info, config, train_idx, valid_idx)
             if data is not None:
-                train, valid, key = data
-                return _TrainingData(train, valid, train_idx, drop_last, key, sample)
+                train, valid, key, plain = data
+                return _TrainingData(train, valid, train_idx, drop_last, key, sample,
+                                     _target_rows(plain, y, None))
         augmenter = make_augmenter(self.augment, spec)
         if augmenter is not None:
             with torch.random.fork_rng(devices=[]):  # the check draws nothing training sees
@@ -299,11 +311,15 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         else:
             train = ArrayDataset(inputs.take(train_idx), y[train_idx], transform=augmenter)
             valid = ArrayDataset(inputs.take(valid_idx), y[valid_idx])
-        return _TrainingData(train, valid, train_idx, drop_last, cache_key, sample)
+        target = _target_rows(inputs, y, augmenter)
+        if target is not None and valid_idx is None:
+            train = ArrayDataset(inputs.take(train_idx), y[train_idx], transform=augmenter)
+        return _TrainingData(train, valid, train_idx, drop_last, cache_key, sample, target)
 
     def _cached_flips(self, net, k, src, spec, y, info, config, train_idx, valid_idx):
         """``augment="flip"`` on cached outputs of the frozen stages for each image and its
-        mirror image: ``(train, valid, cache_key)``, or ``None`` over the cache budget."""
+        mirror image: ``(train, valid, cache_key, plain)``, or ``None`` over the cache
+        budget."""
         if spec.kind != "image":
             make_augmenter(self.augment, spec)  # says that vectors cannot be flipped
         plain, key = self._cached_prefix(net, k, src, spec, info, config)
@@ -313,19 +329,22 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         if key is None or flipped is None:
             net.start = 0
             return None
-        y_tr = y if valid_idx is None else y[train_idx]
-        rows = np.arange(len(y)) if valid_idx is None else train_idx
-        train = CachedFlips(plain.X[rows], flipped.X[rows], y_tr)
+        train = CachedFlips(plain.X[train_idx], flipped.X[train_idx], y[train_idx])
         valid = None if valid_idx is None else ArrayDataset(plain.take(valid_idx), y[valid_idx])
-        return train, valid, key
+        return train, valid, key, plain
 
     def _run_skorch(self, net, criterion, config, data):
         callbacks = training_callbacks(config, data.probe, validate=data.valid is not None,
                                        stop_early=self.early_stopping,
                                        accuracy=self._is_classifier, drop_last=data.drop_last)
+        adapted = {} if data.target is None else adaptation_net_options(
+            data.target, method=self.unlabeled, weight=self.unlabeled_weight,
+            classifier=self._is_classifier, n_train=len(data.train), config=config,
+            drop_last=data.drop_last)
         skorch_net = make_skorch_net(
             net, criterion, config, callbacks=callbacks, drop_last=data.drop_last,
             train_split=None if data.valid is None else predefined_split(data.valid),
+            **adapted,
         )
         try:
             interrupted = run_training(skorch_net, data.train, batch_size=self.batch_size)
@@ -400,12 +419,15 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
                      "freeze_depth_": k if freeze_depth == "auto" else freeze_depth}, True
 
     def _split(self, y, seed, select=False):
-        """Training and validation indices (``None`` for validation without early stopping
-        or ``select``)."""
+        """Training and validation indices among the labeled rows (``None`` for validation
+        without early stopping or ``select``)."""
+        rows = labeled_rows(y)
         if not (self.early_stopping or select):
-            return np.arange(len(y)), None
+            return rows, None
         fraction = self.validation_fraction if self.early_stopping else SELECT_FRACTION
-        return validation_split(y, fraction, seed, stratified=self._is_classifier)
+        train, valid = validation_split(y[rows], fraction, seed,
+                                        stratified=self._is_classifier)
+        return rows[train], rows[valid]
 
     def _check_batchnorm_batches(self, net, k, n_train):
         """Refuse to train BatchNorm on one sample; say whether the last batch must be
@@ -520,6 +542,20 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
 def _cpu_state(net):
     """A copy of ``net``'s state on the CPU (to restore the pretrained network)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+
+def _labeled(y, target):
+    """The rows of y outside ``target``."""
+    y = np.asarray(y) if not hasattr(y, "to_numpy") else y.to_numpy()
+    return y[~target]
+
+
+def _target_rows(inputs, y, augmenter):
+    """The unlabeled target rows of a domain-adapted fit as a dataset, or ``None``."""
+    rows = np.setdiff1d(np.arange(len(y)), labeled_rows(y))
+    if not len(rows):
+        return None
+    return ArrayDataset(inputs.take(rows), transform=augmenter)
 
 
 def _warn_unused_augmentation(augment, freeze_depth):

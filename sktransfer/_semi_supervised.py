@@ -20,15 +20,16 @@ from .pretraining import AutoencoderPretrainer, ContrastivePretrainer
 __all__ = ["fit_semi_supervised", "refuse_unlabeled_marker"]
 
 
-def fit_semi_supervised(clf, X, y):
+def fit_semi_supervised(clf, X, y, unlabeled=None):
     """Stage one (self-supervised pretraining on every row), then fine-tuning on the
-    labeled rows, starting from the stages of stage one."""
+    labeled rows, starting from the stages of stage one. ``unlabeled``: the unlabeled rows
+    (default: those of y labelled -1)."""
     y = np.asarray(y) if not hasattr(y, "iloc") else y.to_numpy()
     if y.ndim == 2 and y.shape[1] == 1:
         y = column_or_1d(y, warn=True)
     if y.ndim != 1 or len(y) != num_samples(X):
         return clf._fit(X, y)  # which says what is wrong with y
-    unlabeled = _unlabeled_rows(y)
+    unlabeled = _unlabeled_rows(y) if unlabeled is None else np.asarray(unlabeled, bool)
     labeled = np.flatnonzero(~unlabeled)
     if len(labeled) == 0:
         raise ValueError(
@@ -104,8 +105,10 @@ def refuse_unlabeled_marker(y):
                  else f"in every row ({len(y)})")
         raise ValueError(
             f"y holds -1 {where}: scikit-learn marks unlabeled "
-            "rows with -1 (sklearn.semi_supervised). To use them, pass unlabeled='contrastive' "
-            "(or 'autoencoder', or a pretrainer): the backbone is pretrained on every row, then "
-            "fine-tuned on the labeled ones. To ignore them, drop those rows. If -1 is a class "
-            "of its own, give the labels another type (e.g. y.astype(str))."
+            "rows with -1 (sklearn.semi_supervised). To use them, say what they are for: "
+            "unlabeled='coral', 'mcc' or 'dann' when they are images of another domain, the "
+            "one to predict (domain adaptation); unlabeled='contrastive' (or 'autoencoder', "
+            "or a pretrainer) to pretrain the backbone on every row, then fine-tune on the "
+            "labeled ones. To ignore them, drop those rows. If -1 is a class of its own, give "
+            "the labels another type (e.g. y.astype(str))."
         )

@@ -537,8 +537,9 @@ def training_callbacks(config, probe, *, validate=False, stop_early=True, accura
 
 
 def make_skorch_net(module, criterion, config, *, callbacks=(), train_split=None,
-                    drop_last=False):
-    """The skorch net that trains ``module`` as ``config`` says."""
+                    drop_last=False, net_class=None, net_kwargs=None):
+    """The skorch net that trains ``module`` as ``config`` says (``net_class``: a subclass of
+    the training net, given ``net_kwargs``, for a fit with a loop of its own)."""
     optimizer_kwargs = {"weight_decay": config.weight_decay}
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD
@@ -563,6 +564,8 @@ def make_skorch_net(module, criterion, config, *, callbacks=(), train_split=None
         extra["callbacks__print_log__sink"] = (
             config.accelerator.print if config.verbose else print
         )
+    if net_class is not None:
+        cls, extra = net_class, {**extra, **(net_kwargs or {})}
     return cls(
         module=module,
         criterion=criterion,

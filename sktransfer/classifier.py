@@ -14,7 +14,8 @@ from sklearn.utils.validation import column_or_1d
 
 from ._base import TransferEstimatorMixin
 from ._compat import HasMethods, Interval, StrOptions, _fit_context
-from ._semi_supervised import fit_semi_supervised, refuse_unlabeled_marker
+from ._domain import fit_with_unlabeled
+from ._semi_supervised import refuse_unlabeled_marker
 
 __all__ = ["TransferClassifier"]
 
@@ -208,9 +209,23 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
     tta : bool, default=False
         Test-time augmentation: ``predict``, ``predict_proba`` and ``score`` average over the
         images as given and flipped left-right (twice the prediction time).
-    unlabeled : {"contrastive", "autoencoder"}, pretrainer or None, default=None
-        Semi-supervised fitting: rows of y labelled -1 (scikit-learn's marker of unlabeled
-        samples, as in :mod:`sklearn.semi_supervised`) are unlabeled. ``fit`` then runs stage
+    unlabeled : {"coral", "mcc", "dann", "contrastive", "autoencoder"}, pretrainer or None, \
+            default=None
+        What the unlabeled rows of ``fit`` are for: rows of y labelled -1 (scikit-learn's
+        marker of unlabeled samples, as in :mod:`sklearn.semi_supervised`, and skada's), and
+        the rows that ``sample_domain`` puts in a target domain (negative values).
+
+        Domain adaptation (the unlabeled rows are images of the domain to predict, whose
+        look differs from the labeled ones'; see the user guide, "Adapting to another
+        domain"): ``"coral"`` (Deep CORAL: the covariances of the backbone's pooled
+        features made alike), ``"mcc"`` (Minimum Class Confusion of the predictions on the
+        unlabeled rows) or ``"dann"`` (a domain discriminator trained against the backbone
+        through gradient reversal). Each training batch of labeled rows is joined by as many
+        unlabeled rows; ``unlabeled_weight`` sets the strength. The frozen stages' outputs
+        of all rows are cached as usual. ``freeze_depth="auto"`` then always fine-tunes the
+        last stages.
+
+        Semi-supervised pretraining: ``fit`` runs stage
         one, self-supervised pretraining of the backbone on every row of X (starting from
         ``weights``; see :mod:`sktransfer.pretraining`), and fine-tunes the pretrained
         backbone on the labeled rows. ``"contrastive"`` and ``"autoencoder"`` use
@@ -224,6 +239,12 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         labeled, and integer (or integral float) y holding -1 beside two or more other
         labels is refused with a ``ValueError`` rather than -1 taken for a class (binary
         ``{-1, 1}`` labels are classes as usual).
+    unlabeled_weight : float, default=1.0
+        Strength of the domain adaptation: the training loss is the labeled rows'
+        cross-entropy plus ``unlabeled_weight`` times the adaptation loss (for ``"dann"``,
+        the weight of the reversed gradient, ramped up from 0 over the fit). Choose it
+        without target labels with the scorers of :mod:`sktransfer.adaptation`. Unused
+        unless ``unlabeled`` is an adaptation method.
 
     Attributes
     ----------
@@ -304,9 +325,12 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         **TransferEstimatorMixin._parameter_constraints,
         "class_weight": [dict, StrOptions({"balanced"}), None],
         "label_smoothing": [Interval(numbers.Real, 0, 1, closed="left")],
-        "unlabeled": [StrOptions({"contrastive", "autoencoder"}),
+        "unlabeled": [StrOptions({"contrastive", "autoencoder", "coral", "mcc", "dann"}),
                       HasMethods(["fit", "transform", "save_weights"]), None],
+        "unlabeled_weight": [Interval(numbers.Real, 0, None, closed="left")],
     }
+    # sample_domain reaches fit when metadata routing is on, without set_fit_request
+    __metadata_request__fit = {"sample_domain": True}
     _persisted = {**TransferEstimatorMixin._persisted, "classes_": "labels"}
     _is_classifier = True
 
@@ -349,6 +373,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         warm_start=False,
         tta=False,
         unlabeled=None,
+        unlabeled_weight=1.0,
     ):
         self.backbone = backbone
         self.weights = weights
@@ -386,6 +411,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         self.warm_start = warm_start
         self.tta = tta
         self.unlabeled = unlabeled
+        self.unlabeled_weight = unlabeled_weight
 
     # -- labels ---------------------------------------------------------------------------
 
@@ -448,7 +474,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
     # -- public API -----------------------------------------------------------------------
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_domain=None):
         """Fine-tune on images (or vectors) X and labels y.
 
         Parameters
@@ -457,6 +483,13 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
             Images ``(N, H, W, C)``, ``(N, C, H, W)`` or ``(N, H, W)``; or ``(N, F)`` vectors.
         y : array-like of shape (n_samples,)
             Labels of any type. With ``unlabeled`` set, -1 marks the unlabeled rows.
+        sample_domain : array-like of shape (n_samples,) or None, default=None
+            The domain of each row (skada's convention): a positive integer for a source
+            domain, a negative one for a target domain, whose rows count as unlabeled
+            whatever y holds. ``None``: the rows labelled -1 are the target domain. Routed
+            to ``fit`` by scikit-learn's metadata routing when it is on (requested by
+            default); passed as a fit parameter otherwise (``GridSearchCV.fit(X, y,
+            sample_domain=...)``).
 
         Returns
         -------
@@ -482,17 +515,17 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         >>> clf.classes_.tolist(), clf.weights_.startswith("ContrastivePretrainer on 20 rows")
         ([0, 1, 2], True)
         """
-        if self.unlabeled is None:
-            return self._fit(X, y)
-        return fit_semi_supervised(self, X, y)
+        return fit_with_unlabeled(self, X, y, sample_domain)
 
-    def predict_proba(self, X):
+    def predict_proba(self, X, sample_domain=None):
         """Class probabilities, columns in the order of ``classes_``.
 
         Parameters
         ----------
         X : array-like
             Inputs shaped like those given to ``fit``.
+        sample_domain : array-like or None, default=None
+            Ignored: accepted for domain-aware scorers (skada's) that pass it.
 
         Returns
         -------
@@ -513,13 +546,15 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         logits = torch.from_numpy(self._forward(X)).double()
         return torch.softmax(logits, dim=2).mean(0).numpy()
 
-    def predict_log_proba(self, X):
+    def predict_log_proba(self, X, sample_domain=None):
         """Log of :meth:`predict_proba`, computed without underflow.
 
         Parameters
         ----------
         X : array-like
             Inputs shaped like those given to ``fit``.
+        sample_domain : array-like or None, default=None
+            Ignored: accepted for domain-aware scorers (skada's) that pass it.
 
         Returns
         -------
@@ -542,13 +577,15 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         log_proba = torch.log_softmax(logits, dim=2)
         return (torch.logsumexp(log_proba, dim=0) - np.log(len(log_proba))).numpy()
 
-    def predict(self, X):
+    def predict(self, X, sample_domain=None):
         """Predicted labels, from ``classes_``.
 
         Parameters
         ----------
         X : array-like
             Inputs shaped like those given to ``fit``.
+        sample_domain : array-like or None, default=None
+            Ignored: accepted for domain-aware scorers (skada's) that pass it.
 
         Returns
         -------

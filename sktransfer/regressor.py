@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
@@ -9,7 +11,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 
 from ._base import TransferEstimatorMixin
-from ._compat import _fit_context
+from ._compat import Interval, StrOptions, _fit_context
+from ._domain import fit_with_unlabeled
 
 __all__ = ["TransferRegressor"]
 
@@ -105,6 +108,12 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         Continue from the previous fit.
     tta : bool, default=False
         Average predictions over the images and their left-right flips.
+    unlabeled : {"coral", "dann"} or None, default=None
+        What the unlabeled rows of ``fit`` (y NaN, or ``sample_domain`` negative) are for:
+        domain adaptation to them, by Deep CORAL or a domain discriminator (see
+        :class:`TransferClassifier`). ``None``: NaN in y is refused.
+    unlabeled_weight : float, default=1.0
+        Strength of the domain adaptation (see :class:`TransferClassifier`).
 
     Attributes
     ----------
@@ -178,6 +187,13 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
     (2,)
     """
 
+    _parameter_constraints = {
+        **TransferEstimatorMixin._parameter_constraints,
+        "unlabeled": [StrOptions({"coral", "dann"}), None],
+        "unlabeled_weight": [Interval(numbers.Real, 0, None, closed="left")],
+    }
+    # sample_domain reaches fit when metadata routing is on, without set_fit_request
+    __metadata_request__fit = {"sample_domain": True}
     _persisted = {
         **TransferEstimatorMixin._persisted,
         "n_outputs_": "positive",
@@ -221,6 +237,8 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         callbacks=None,
         warm_start=False,
         tta=False,
+        unlabeled=None,
+        unlabeled_weight=1.0,
     ):
         self.backbone = backbone
         self.weights = weights
@@ -255,6 +273,8 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         self.callbacks = callbacks
         self.warm_start = warm_start
         self.tta = tta
+        self.unlabeled = unlabeled
+        self.unlabeled_weight = unlabeled_weight
 
     def _encode_y(self, y, n_samples):
         y = np.asarray(y) if not hasattr(y, "to_numpy") else y.to_numpy()
@@ -273,6 +293,13 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
                 f"{len(y)}]"
             )
         y = y.astype(np.float64)
+        if np.isnan(y).any():
+            raise ValueError(
+                "Input y contains NaN or infinity (NaN in "
+                f"{int(np.isnan(y).any(axis=-1).sum())} row(s)). NaN "
+                "marks unlabeled rows: to adapt the model to them (images of the domain to "
+                "predict) pass unlabeled='coral'; otherwise drop those rows."
+            )
         if not np.all(np.isfinite(y)):
             raise ValueError("Input y contains NaN or infinity.")
         y2 = y.reshape(len(y), -1)
@@ -298,7 +325,7 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         return torch.nn.MSELoss
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_domain=None):
         """Fine-tune on X and continuous targets y.
 
         Parameters
@@ -306,7 +333,10 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         X : array-like
             Images or vectors, as for :class:`TransferClassifier`.
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
-            Targets.
+            Targets; with ``unlabeled`` set, NaN marks the unlabeled rows.
+        sample_domain : array-like of shape (n_samples,) or None, default=None
+            The domain of each row: positive for a source domain, negative for a target
+            domain (unlabeled); see :meth:`TransferClassifier.fit`.
 
         Returns
         -------
@@ -324,7 +354,7 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         >>> reg.n_outputs_, len(reg.history_), sorted(reg.history_[-1])[:3]
         (1, 2, ['dur', 'epoch', 'train_loss'])
         """
-        return self._fit(X, y)
+        return fit_with_unlabeled(self, X, y, sample_domain)
 
     def predict(self, X):
         """Predicted targets, shaped like ``y`` in ``fit``.

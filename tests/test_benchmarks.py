@@ -13,7 +13,7 @@ BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
                          "benchmarks")
 SCRIPTS = ["bench_head_only", "bench_grid_search", "bench_full_finetune", "bench_predict",
            "bench_memory", "bench_throughput", "bench_recipe", "bench_saliency",
-           "bench_pretraining", "bench_data_size"]
+           "bench_pretraining", "bench_data_size", "bench_adaptation"]
 
 
 @pytest.fixture
