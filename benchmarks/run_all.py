@@ -37,6 +37,7 @@ BENCHMARKS = [
     "bench_pretraining",
     "bench_data_size",
     "bench_adaptation",
+    "bench_search",
 ]
 README = os.path.join(HERE, "README.md")
 START, END = "<!-- results:start -->", "<!-- results:end -->"

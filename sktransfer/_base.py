@@ -168,6 +168,18 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
             print(resolved.reason)
         return resolved
 
+    # -- resuming searches (sktransfer.model_selection) ---------------------------------------
+
+    #: set by a resuming search on the estimator it clones (never a hyperparameter): the store
+    #: in which its fits find the state they continue and leave their own
+    _resume_store = None
+
+    def __sklearn_clone__(self):
+        clone = super().__sklearn_clone__()
+        if self._resume_store is not None:
+            clone._resume_store = self._resume_store
+        return clone
+
     # -- fit ----------------------------------------------------------------------------------
 
     def _fit(self, X, y, *, weights=None, target=None):
@@ -186,7 +198,10 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         criterion = self._criterion(y_enc, y_attrs)
         device = resolve_device(self.device)
         check_precision(self.precision, device)
-        seed = seed_from(self.random_state)
+        # a fit of a resuming search (sktransfer.model_selection) may continue a stored one
+        resume = None if self._resume_store is None else (
+            self._resume_store.resume_point(self, X, y_enc))
+        seed = seed_from(self.random_state) if resume is None else resume.seed(self.random_state)
         auto = self._resolve_auto(y_enc, adapting=target is not None)
         # inference_mode(False): a fit called inside torch.inference_mode() still trains
         with seeded_global_state(seed, device), torch.inference_mode(False):
@@ -195,7 +210,7 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
                 accelerator = make_accelerator(self.accelerator, self.precision, device)
                 device = str(accelerator.device)
             y_fit = y_enc if target is None else mark_unlabeled(y_enc, target)
-            fitted = self._train(X, y_fit, spec, criterion, weights, auto, TrainingConfig(
+            config = TrainingConfig(
                 lr=self.lr if self.lr != "auto" else 0.0, max_epochs=max(1, auto.max_epochs),
                 batch_size=self.batch_size, seed=seed,
                 device=device, optimizer=self.optimizer, momentum=self.momentum,
@@ -204,7 +219,10 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
                 accelerator=accelerator, patience=self.n_iter_no_change, tol=self.tol,
                 callbacks=self.callbacks or [], lr_schedule=self.lr_schedule,
                 layer_decay=self.layer_decay, l2_sp=self.l2_sp,
-            ))
+            )
+            if resume is not None:  # only the epochs it lacks, on the search's schedule
+                config = resume.configure(config)
+            fitted = self._train(X, y_fit, spec, criterion, weights, auto, config)
         # Only now, with training finished, does the estimator change: an error above leaves
         # a previous fit intact.
         fitted.update(head_init_=auto.head_init, max_epochs_=auto.max_epochs)
@@ -223,7 +241,8 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         net, info, warm = self._start_network(spec, y, sample, weights, auto.freeze_depth)
         net.to(config.device)
         # compared with the probe only without target rows (the probe cannot adapt to them)
-        select = auto.select and not warm and len(labeled_rows(y)) == len(y)
+        select = (auto.select and not warm and len(labeled_rows(y)) == len(y)
+                  and self._resume_store is None)  # a resuming search trains what it asks
         data = self._training_data(net, src, spec, y, info, config, warm=warm, sample=sample,
                                    select=select)
         fitted = {**info, "module_": net, "stage_names_": list(net.stages._modules),

@@ -31,13 +31,14 @@ LAYERS = {
         "_depthwise", "_efficientnet_lite", "_weights", "_stages", "_zoo", "backbones",
         "_network", "_runtime", "_folders", "_model_folder"],
     # 2. training: the skorch net, its callbacks, schedules, the range test
-    2: ["_training", "_schedules", "_lr_finder", "_pretext", "_adaptation_training"],
+    2: ["_training", "_schedules", "_lr_finder", "_pretext", "_adaptation_training",
+        "_resume"],
     # 3. the scikit-learn surface, then the user-facing helpers on top of it
     3: ["_compat", "_estimator", "_adaptive", "_base", "_recipe", "pretraining",
         "_semi_supervised", "_domain", "adaptation", "classifier", "regressor", "features",
         "_state_codec", "persistence", "_fashion_mnist",
         "datasets", "plotting", "_saliency", "_displays", "_embedding", "inspection",
-        "_explain", "cli", "__main__"],
+        "_explain", "cli", "__main__", "model_selection"],
 }
 TORCH_CORE = LAYERS[1]
 SKLEARN_LAYER = ["_base", "classifier", "regressor", "features", "persistence", "cli",

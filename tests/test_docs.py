@@ -42,6 +42,7 @@ PUBLIC_MODULES = [
     "sktransfer.features",
     "sktransfer.images",
     "sktransfer.inspection",
+    "sktransfer.model_selection",
     "sktransfer.persistence",
     "sktransfer.plotting",
     "sktransfer.pretraining",

@@ -11,7 +11,8 @@ import re
 from pathlib import Path
 
 PARTS = {"bench_pretraining": "pretraining_results.rst.inc",
-         "bench_data_size": "data_size_results.rst.inc"}
+         "bench_data_size": "data_size_results.rst.inc",
+         "bench_search": "search_results.rst.inc"}
 
 README = Path(__file__).resolve().parents[2] / "benchmarks" / "README.md"
 
