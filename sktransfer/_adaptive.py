@@ -7,9 +7,9 @@ The rule, measured across data sizes in ``benchmarks/bench_data_size.py``:
   frozen pretrained features: a few optimizer steps on a handful of images move the backbone
   away from features that were already right. The model is then that linear probe (every stage
   frozen, the head fitted by logistic or ridge regression on the cached features, no epoch).
-- From there on, the second half of the stages (:data:`FROZEN_SHARE`) is fine-tuned, starting from the probe's
-  head (LP-FT, Kumar et al. 2022), for a budget counted in optimizer steps
-  (:data:`STEP_BUDGET`), not epochs: a schedule of a dozen steps on 50 images is no
+- From there on, the second half of the stages (:data:`FROZEN_SHARE`) is fine-tuned,
+  starting from the probe's head (LP-FT, Kumar et al. 2022), for a budget counted in
+  optimizer steps (:data:`STEP_BUDGET`), not epochs: a schedule of a dozen steps on 50 images is no
   fine-tuning, and 12 epochs of 10,000 images is more than the stages need. The epochs are
   kept between :data:`MIN_EPOCHS` and :data:`MAX_EPOCHS`. :data:`SELECT_FRACTION` of the
   rows are held out, and the fine-tuned network is kept only if it scores strictly better
@@ -117,9 +117,9 @@ def resolve_auto(*, freeze_depth, head_init, max_epochs, per_class, n_train, bat
         freeze_depth = "all" if probe else "auto"
         reasons.append(
             f"freeze_depth='auto' -> "
-            f"{repr('all') if probe else 'the first half of the stages frozen'} ({per_class:g} labels "
-            f"per class; the linear probe below {PROBE_BELOW}, else fine-tuning if it beats "
-            "the probe on held-out rows)")
+            f"{repr('all') if probe else 'the first half of the stages frozen'} "
+            f"({per_class:g} labels per class; the linear probe below {PROBE_BELOW}, else "
+            "fine-tuning if it beats the probe on held-out rows)")
     if head_init == "auto":
         head_init = "linear_probe"
         reasons.append("head_init='auto' -> 'linear_probe'")
