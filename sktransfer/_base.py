@@ -28,6 +28,7 @@ from ._adaptive import (
     SELECT_FRACTION,
     fine_tuned_score,
     fine_tuning_frozen,
+    fine_tuning_wins,
     labels_per_class,
     probe_score,
     resolve_auto,
@@ -279,8 +280,9 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
                 "lr_": float(config.lr)}
 
     def _probe_or_fine_tuned(self, net, probe, start, history, y, data, criterion):
-        """Keep the fine-tuned network only if it scores strictly better than the linear
-        probe on the held-out rows (P>M>F's rule); else restore the pretrained network and
+        """Keep the fine-tuned network only if it beats the linear probe on the held-out
+        rows by more than noise (:func:`~sktransfer._adaptive.fine_tuning_wins`; P>M>F's rule
+        with a margin); else restore the pretrained network and
         make the probe, refitted on every row, the model. The fitted attributes to update."""
         (features, key), (state, head) = probe, start
         valid_idx = np.setdiff1d(np.arange(len(y)), data.train_idx)
@@ -294,7 +296,7 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
             print(f"held-out {'accuracy' if self._is_classifier else '-MSE'} of "
                   f"{len(valid_idx)} rows: linear probe {scores['linear_probe']:.4g}, "
                   f"fine-tuned {scores['fine_tuned']:.4g}")
-        if scores["fine_tuned"] > scores["linear_probe"]:
+        if fine_tuning_wins(scores, len(valid_idx), classifier=self._is_classifier):
             return {"selection_scores_": scores}
         net.load_state_dict(state)
         fit_probe_head(net.head, features, y, classifier=self._is_classifier,

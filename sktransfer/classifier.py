@@ -81,8 +81,8 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         ``"auto"`` adapts to the data: with fewer than 50 labels per class (a regressor:
         500 rows) every stage is frozen and the model is a linear probe on the pretrained
         features; with more, the second half of the stages is fine-tuned from the probe
-        (LP-FT) on 80 % of the rows, and kept only if they beat the probe on the other 20 %
-        (else the model is the probe, refitted on every row). The choice is in
+        (LP-FT) on 80 % of the rows, and kept only if they beat the probe on the other 20 % by
+        2 rows at least (else the model is the probe, refitted on every row). The choice is in
         ``freeze_depth_`` (see the user guide, "How much data do I need?").
     lr : float or "auto", default=0.05
         Learning rate of the new head (the peak rate with a schedule). ``"auto"`` runs a
@@ -277,7 +277,8 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         When ``freeze_depth="auto"`` fine-tuned and compared: the held-out scores of the
         linear probe and of the fine-tuned network (accuracy; a regressor: minus the mean
         squared error of the scaled targets), ``{"linear_probe": ..., "fine_tuned": ...}``.
-        The fine-tuned network is kept only if its score is higher. ``None`` otherwise.
+        The fine-tuned network is kept only if its score is higher by 2 held-out rows'
+        worth. ``None`` otherwise.
     lr_ : float or None
         The learning rate trained with: ``lr``, or the range test's suggestion for
         ``lr="auto"``; ``None`` when no epoch ran (``head_init="linear_probe"`` with
