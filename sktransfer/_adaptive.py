@@ -14,8 +14,8 @@ The rule, measured across data sizes in ``benchmarks/bench_data_size.py``:
   kept between :data:`MIN_EPOCHS` and :data:`MAX_EPOCHS`. :data:`SELECT_FRACTION` of the
   rows are held out, and the fine-tuned network is kept only if it scores better there, by
   :data:`MIN_GAIN_ROWS` rows at least, than the probe fitted on the other rows (as P>M>F
-  fine-tunes only when that beats no fine-tuning); otherwise the model is the probe, refitted on every row. Fine-tuning
-  helps most where the images are far from the pretraining photos (grayscale products,
+  fine-tunes only when that beats no fine-tuning); otherwise the model is the probe,
+  refitted on every row. Fine-tuning helps most where the images are far from the pretraining photos (grayscale products,
   digits), and hurts where the frozen features already separate the classes.
 
 For a regressor, "labels per class" is taken as a tenth of the rows
