@@ -7,16 +7,17 @@ The rule, measured across data sizes in ``benchmarks/bench_data_size.py``:
   frozen pretrained features: a few optimizer steps on a handful of images move the backbone
   away from features that were already right. The model is then that linear probe (every stage
   frozen, the head fitted by logistic or ridge regression on the cached features, no epoch).
-- From there on, the second half of the stages (:data:`FROZEN_SHARE`) is fine-tuned,
-  starting from the probe's head (LP-FT, Kumar et al. 2022), for a budget counted in
-  optimizer steps (:data:`STEP_BUDGET`), not epochs: a schedule of a dozen steps on 50 images is no
-  fine-tuning, and 12 epochs of 10,000 images is more than the stages need. The epochs are
-  kept between :data:`MIN_EPOCHS` and :data:`MAX_EPOCHS`. :data:`SELECT_FRACTION` of the
-  rows are held out, and the fine-tuned network is kept only if it scores better there, by
+- From there on, the second half of the stages (:data:`FROZEN_SHARE`) is fine-tuned, starting
+  from the probe's head (LP-FT, Kumar et al. 2022), for a budget counted in optimizer steps
+  (:data:`STEP_BUDGET`), not epochs: a schedule of a dozen steps on 50 images is no
+  fine-tuning, and 12 epochs of 10,000 images is more than the stages need. The epochs are kept
+  between :data:`MIN_EPOCHS` and :data:`MAX_EPOCHS`. :data:`SELECT_FRACTION` of the rows are
+  held out, and the fine-tuned network is kept only if it scores better there, by
   :data:`MIN_GAIN_ROWS` rows at least, than the probe fitted on the other rows (as P>M>F
-  fine-tunes only when that beats no fine-tuning); otherwise the model is the probe,
-  refitted on every row. Fine-tuning helps most where the images are far from the pretraining photos (grayscale products,
-  digits), and hurts where the frozen features already separate the classes.
+  fine-tunes only when that beats no fine-tuning); otherwise the model is the probe, refitted on
+  every row. Fine-tuning helps most where the images are far from the pretraining photos
+  (grayscale products, digits), and hurts where the frozen features already separate the
+  classes.
 
 For a regressor, "labels per class" is taken as a tenth of the rows
 (:data:`ROWS_PER_REGRESSION_CLASS`). Only parameters left at ``"auto"`` follow the rule; a
