@@ -28,13 +28,15 @@ value the user sets is always obeyed. What was chosen is in the fitted attribute
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.model_selection import train_test_split
 
 __all__ = ["Resolved", "fine_tuned_score", "fine_tuning_frozen", "fine_tuning_wins",
-           "labels_per_class", "probe_score", "resolve_auto"]
+           "labels_per_class", "probe_score", "resolve_auto", "validation_split"]
 
 #: Labels per class under which the linear probe is the model.
 PROBE_BELOW = 50
@@ -177,3 +179,38 @@ def fine_tuned_score(history, *, classifier, early_stopping):
         return -np.inf
     row = min(rows, key=lambda r: r["valid_loss"]) if early_stopping else rows[-1]
     return float(row["valid_acc"]) if classifier else -float(row["valid_loss"])
+
+
+def validation_split(y, fraction, seed, *, stratified):
+    """Sorted training and validation indices for early stopping (stratified by class for a
+    classifier where every class has 2 samples and the validation set room for each)."""
+    idx = np.arange(len(y))
+    stratify = None
+    if stratified:
+        counts = np.bincount(y)
+        n_valid = int(np.ceil(fraction * len(y)))
+        if counts[counts > 0].min() >= 2 and n_valid >= len(counts[counts > 0]):
+            stratify = y
+        else:
+            warnings.warn(
+                "early_stopping: a class has fewer than 2 samples (or the validation set is "
+                "smaller than the number of classes), so the validation split is not "
+                "stratified.",
+                UserWarning,
+                stacklevel=5,
+            )
+    try:
+        tr, va = train_test_split(
+            idx, test_size=fraction, random_state=seed, stratify=stratify
+        )
+    except ValueError as exc:
+        raise ValueError(
+            f"early_stopping needs a validation split of {fraction} of "
+            f"{len(y)} samples: {exc} Use more data or early_stopping=False."
+        ) from exc
+    if len(tr) == 0 or len(va) == 0:
+        raise ValueError(
+            f"early_stopping: validation_fraction={fraction} of {len(y)} "
+            "samples leaves an empty training or validation set."
+        )
+    return np.sort(tr), np.sort(va)

@@ -16,7 +16,6 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from sklearn.utils.validation import check_is_fitted
 from skorch.helper import predefined_split
 from torch import nn
@@ -32,6 +31,7 @@ from ._adaptive import (
     labels_per_class,
     probe_score,
     resolve_auto,
+    validation_split,
 )
 from ._compat import Interval, StrOptions
 from ._data import ArrayDataset, ArraySource, make_source
@@ -595,38 +595,3 @@ def _warn_unused_augmentation(augment, freeze_depth):
 def _refreeze_options(batchnorm):
     train_bn, bn_momentum = batchnorm_policy(batchnorm)
     return {"train_bn": train_bn, "bn_momentum": bn_momentum}
-
-
-def validation_split(y, fraction, seed, *, stratified):
-    """Sorted training and validation indices for early stopping (stratified by class for a
-    classifier where every class has 2 samples and the validation set room for each)."""
-    idx = np.arange(len(y))
-    stratify = None
-    if stratified:
-        counts = np.bincount(y)
-        n_valid = int(np.ceil(fraction * len(y)))
-        if counts[counts > 0].min() >= 2 and n_valid >= len(counts[counts > 0]):
-            stratify = y
-        else:
-            warnings.warn(
-                "early_stopping: a class has fewer than 2 samples (or the validation set is "
-                "smaller than the number of classes), so the validation split is not "
-                "stratified.",
-                UserWarning,
-                stacklevel=5,
-            )
-    try:
-        tr, va = train_test_split(
-            idx, test_size=fraction, random_state=seed, stratify=stratify
-        )
-    except ValueError as exc:
-        raise ValueError(
-            f"early_stopping needs a validation split of {fraction} of "
-            f"{len(y)} samples: {exc} Use more data or early_stopping=False."
-        ) from exc
-    if len(tr) == 0 or len(va) == 0:
-        raise ValueError(
-            f"early_stopping: validation_fraction={fraction} of {len(y)} "
-            "samples leaves an empty training or validation set."
-        )
-    return np.sort(tr), np.sort(va)
