@@ -269,6 +269,7 @@ _SECOND_PROCESS = textwrap.dedent(
 
     X, y = np.load(sys.argv[1]), np.load(sys.argv[2])
     clf = TransferClassifier("test_cnn", weights=None, freeze_depth=2, max_epochs=1,
+                             head_init="random",
                              batch_size=8, random_state=0, cache=sys.argv[3]).fit(X, y)
     np.save(sys.argv[4], clf.predict_proba(X))
     print(json.dumps(cache_info()))

@@ -257,7 +257,8 @@ def test_ctrl_c_still_ends_training_for_the_users_callbacks(tiny_images):
     watch = _InterruptAndWatch()
     with pytest.warns(UserWarning, match="Training interrupted by user"):
         clf = TransferClassifier("test_cnn", weights=None, max_epochs=4, batch_size=8,
-                                 random_state=0, callbacks=[("watch", watch)]).fit(X, y)
+                                 random_state=0, freeze_depth=1, head_init="random",
+                                 callbacks=[("watch", watch)]).fit(X, y)
     assert clf.interrupted_ and clf.n_iter_ == 1
     # callbacks are copied into the fit: read the fitted net's own
     assert dict(clf.net_.callbacks_)["watch"].ended == 1
