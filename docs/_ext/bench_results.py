@@ -50,8 +50,8 @@ def to_rst(markdown):
         if table:
             out += _table(table) + [""]
             table = []
-        if line.startswith("### "):
-            out.append(".. rubric:: " + inline(line[4:]))
+        if line.startswith(("### ", "#### ")):
+            out.append(".. rubric:: " + inline(line.split(" ", 1)[1]))
         else:
             out.append(inline(line))
     if table:
