@@ -1,4 +1,4 @@
-"""Benchmark 10: a whole hyperparameter search against one plain fine-tune, and its choice.
+"""Benchmark 12: a whole hyperparameter search against one plain fine-tune, and its choice.
 
 The grid is benchmark 2's (freeze_depth in {"all", -1, -2} x lr in {0.01, 0.001} x momentum in
 {0.9, 0.0}: 12 candidates), searched with 3-fold cross-validation for up to 10 epochs on
@@ -187,7 +187,7 @@ def main(argv=None):
         settings = [(20, 32, 1, 1)]
     load_before = loadavg()
     n_candidates = int(np.prod([len(v) for v in grid.values()]))
-    print("### 10. A whole search against one plain fine-tune, and the choice it makes\n")
+    print("### 12. A whole search against one plain fine-tune, and the choice it makes\n")
     print(f"Fashion-MNIST, grid {grid} ({n_candidates} candidates), {n_splits}-fold CV, up to "
           f"{epochs} epochs, batch 32, constant learning rate, random head, random_state=0; "
           f"halving with factor {factor}. Search times without the refit, from an empty "

@@ -35,6 +35,8 @@ BENCHMARKS = [
     "bench_recipe",
     "bench_saliency",
     "bench_pretraining",
+    "bench_data_size",
+    "bench_adaptation",
     "bench_search",
 ]
 README = os.path.join(HERE, "README.md")

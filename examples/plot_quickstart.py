@@ -43,7 +43,7 @@ for label, column in enumerate(axes.T):
 # images are repeated to RGB and resized to 64x64 pixels inside the network (``input_size``):
 # the native 224 pixels would cost twelve times more for little gain on 28-pixel images.
 #
-# ``freeze_depth=-1`` (the default) trains the last of the network's nine stages and keeps the
+# ``freeze_depth=-1`` trains the last of the network's nine stages and keeps the
 # first eight frozen. Frozen stages are computed once per image and reused in every epoch, which
 # makes this fast even on a CPU. ``early_stopping=True`` holds out 20% of the training images to
 # watch the validation loss; it also records the validation accuracy.

@@ -16,12 +16,23 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from sklearn.utils.validation import check_is_fitted
 from skorch.helper import predefined_split
 from torch import nn
 
 from . import caching
+from ._adaptation_training import adaptation_net_options, labeled_rows, mark_unlabeled
+from ._adaptive import (
+    PROBE_BELOW,
+    SELECT_FRACTION,
+    fine_tuned_score,
+    fine_tuning_frozen,
+    fine_tuning_wins,
+    labels_per_class,
+    probe_score,
+    resolve_auto,
+    validation_split,
+)
 from ._compat import Interval, StrOptions
 from ._data import ArrayDataset, ArraySource, make_source
 from ._estimator import _BACKBONE_CONSTRAINTS, BackboneEstimatorMixin
@@ -74,6 +85,7 @@ class _TrainingData:
     drop_last: bool
     cache_key: str | None
     probe: torch.Tensor  # a raw input batch, for the guard's eval-mode check
+    target: ArrayDataset | None = None  # unlabeled target rows of domain adaptation
 
 _FINE_TUNING_CONSTRAINTS = {
     **_BACKBONE_CONSTRAINTS,
@@ -84,13 +96,13 @@ _FINE_TUNING_CONSTRAINTS = {
     "lr": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({"auto"})],
     "lr_schedule": [StrOptions(set(SCHEDULES))],
     "layer_decay": [Interval(numbers.Real, 0, 1, closed="right")],
-    "head_init": [StrOptions({"random", "linear_probe"})],
+    "head_init": [StrOptions({"auto", "random", "linear_probe"})],
     "l2_sp": [Interval(numbers.Real, 0, None, closed="left")],
     "tta": ["boolean"],
     "momentum": [Interval(numbers.Real, 0, 1, closed="left")],
     "optimizer": [StrOptions({"sgd", "adamw"})],
     "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-    "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+    "max_epochs": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
     "augment": [StrOptions({"flip", "light"}), callable, None],
     "batchnorm": [
         StrOptions({"trained", "all", "checkpoint"}),
@@ -125,12 +137,37 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         "interrupted_": "bool",
         "lr_": "optional_positive_real",
         "lr_range_test_": "range_test",
+        "freeze_depth_": "freeze_depth",
+        "head_init_": "optional_str",
+        "max_epochs_": "optional_count",
+        "selection_scores_": "scores",
     }
+    #: fitted attributes added after the first saved models: absent from older files (None)
+    _persisted_added = frozenset({"freeze_depth_", "head_init_", "max_epochs_",
+                                  "selection_scores_"})
     _is_classifier = False
 
-    def _network_options(self):
-        return {"freeze_depth": self.freeze_depth, "batchnorm": self.batchnorm,
+    def _network_options(self, freeze_depth=None):
+        depth = self.freeze_depth if freeze_depth is None else freeze_depth
+        return {"freeze_depth": depth, "batchnorm": self.batchnorm,
                 "fast_depthwise": not self.compile}
+
+    def _resolve_auto(self, y, adapting=False):
+        """The ``"auto"`` hyperparameters resolved for training targets ``y``
+        (:mod:`sktransfer._adaptive`); ``adapting`` (domain adaptation) never resolves to
+        the linear probe, whose frozen features nothing could adapt."""
+        n_train = len(y)
+        if self.early_stopping:
+            n_train -= int(np.ceil(self.validation_fraction * n_train))
+        resolved = resolve_auto(
+            freeze_depth=self.freeze_depth, head_init=self.head_init,
+            max_epochs=self.max_epochs, batch_size=self.batch_size, n_train=max(1, n_train),
+            per_class=max(labels_per_class(y, classifier=self._is_classifier),
+                          PROBE_BELOW if adapting else 0),
+        )
+        if self.verbose and resolved.reason:
+            print(resolved.reason)
+        return resolved
 
     # -- resuming searches (sktransfer.model_selection) ---------------------------------------
 
@@ -146,15 +183,19 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
 
     # -- fit ----------------------------------------------------------------------------------
 
-    def _fit(self, X, y, *, weights=None):
+    def _fit(self, X, y, *, weights=None, target=None):
         """Fit on X and y, from ``weights`` (default: the ``weights`` hyperparameter; a
-        semi-supervised fit passes the stages its stage one pretrained)."""
+        semi-supervised fit passes the stages its stage one pretrained). ``target``: the
+        unlabeled rows a domain-adapted fit adapts to (:mod:`sktransfer._domain`)."""
         if y is None:
             raise ValueError(
                 f"{type(self).__name__} requires y to be passed, but the target y is None."
             )
         X, spec, feature_names = self._validate_fit_input(X)
-        y_enc, y_attrs = self._encode_y(y, n_samples=X.shape[0])
+        if target is None:
+            y_enc, y_attrs = self._encode_y(y, n_samples=X.shape[0])
+        else:  # the labeled rows encoded; the target rows carry the marker (-1 or NaN)
+            y_enc, y_attrs = self._encode_y(_labeled(y, target), n_samples=int((~target).sum()))
         criterion = self._criterion(y_enc, y_attrs)
         device = resolve_device(self.device)
         check_precision(self.precision, device)
@@ -162,14 +203,16 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         resume = None if self._resume_store is None else (
             self._resume_store.resume_point(self, X, y_enc))
         seed = seed_from(self.random_state) if resume is None else resume.seed(self.random_state)
+        auto = self._resolve_auto(y_enc, adapting=target is not None)
         # inference_mode(False): a fit called inside torch.inference_mode() still trains
         with seeded_global_state(seed, device), torch.inference_mode(False):
             accelerator = None
             if self.accelerator is not None:
                 accelerator = make_accelerator(self.accelerator, self.precision, device)
                 device = str(accelerator.device)
+            y_fit = y_enc if target is None else mark_unlabeled(y_enc, target)
             config = TrainingConfig(
-                lr=self.lr if self.lr != "auto" else 0.0, max_epochs=self.max_epochs,
+                lr=self.lr if self.lr != "auto" else 0.0, max_epochs=max(1, auto.max_epochs),
                 batch_size=self.batch_size, seed=seed,
                 device=device, optimizer=self.optimizer, momentum=self.momentum,
                 weight_decay=self.weight_decay, precision=self.precision,
@@ -180,29 +223,38 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
             )
             if resume is not None:  # only the epochs it lacks, on the search's schedule
                 config = resume.configure(config)
-            fitted = self._train(X, y_enc, spec, criterion, weights, config)
+            fitted = self._train(X, y_fit, spec, criterion, weights, auto, config)
         # Only now, with training finished, does the estimator change: an error above leaves
         # a previous fit intact.
+        fitted.update(head_init_=auto.head_init, max_epochs_=auto.max_epochs)
         for key, value in {**y_attrs, **fitted}.items():
             setattr(self, key, value)
         self.device_ = device
         self._set_input_attrs(X, spec, feature_names)
         return self
 
-    def _train(self, X, y, spec, criterion, weights, config):
+    def _train(self, X, y, spec, criterion, weights, auto, config):
         """Build (or copy) the network, prepare the data, start the head, train: the fitted
-        attributes, set by ``_fit`` only once everything succeeded."""
+        attributes, set by ``_fit`` only once everything succeeded. ``auto``: the resolved
+        ``"auto"`` hyperparameters."""
         src = make_source(X, spec)
         sample = src.batch(np.arange(min(len(src), 2)))
-        net, info, warm = self._start_network(spec, y, sample, weights)
+        net, info, warm = self._start_network(spec, y, sample, weights, auto.freeze_depth)
         net.to(config.device)
-        data = self._training_data(net, src, spec, y, info, config, warm=warm, sample=sample)
+        # compared with the probe only without target rows (the probe cannot adapt to them)
+        select = (auto.select and not warm and len(labeled_rows(y)) == len(y)
+                  and self._resume_store is None)  # a resuming search trains what it asks
+        data = self._training_data(net, src, spec, y, info, config, warm=warm, sample=sample,
+                                   select=select)
         fitted = {**info, "module_": net, "stage_names_": list(net.stages._modules),
-                  "cache_key_": data.cache_key, "lr_range_test_": None}
-        if self.head_init == "linear_probe" and not warm:
-            self._probe_head(net, src, spec, info, y, criterion, data.train_idx, config)
+                  "cache_key_": data.cache_key, "lr_range_test_": None,
+                  "selection_scores_": None}
+        if auto.head_init == "linear_probe" and not warm:
+            probe = self._probe_head(net, src, spec, info, y, criterion, data.train_idx,
+                                     config)
             if info["n_frozen_stages_"] == len(net.stages):
                 # the whole backbone is frozen: the probe is the trained head, no epoch runs
+                _warn_unused_augmentation(self.augment, self.freeze_depth)
                 net.eval()
                 return {**fitted, "net_": self._wrap_in_skorch(net, config, criterion, []),
                         "history_": [], "n_iter_": 0, "interrupted_": False, "lr_": None}
@@ -213,23 +265,61 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
             if self.verbose:
                 print(f"lr='auto': range test of {test['steps']} steps in "
                       f"{test['seconds']:.1f} s suggests lr={test['lr']:.3g}")
+        # the pretrained network, its head the probe of the training rows: to compare and restore
+        start = (_cpu_state(net), copy.deepcopy(net.head).cpu()) if select else None
         skorch_net, interrupted = self._run_skorch(net, criterion, config, data)
-        return {**fitted, "net_": skorch_net, "history_": history_rows(skorch_net.history),
+        history = history_rows(skorch_net.history)
+        if select and not interrupted:
+            kept = self._probe_or_fine_tuned(net, probe, start, history, y, data, criterion)
+            fitted.update(kept)
+            if kept.get("freeze_depth_") == "all":  # the probe held out better: it is the model
+                return {**fitted, "net_": self._wrap_in_skorch(net, config, criterion, []),
+                        "history_": [], "n_iter_": 0, "interrupted_": False, "lr_": None}
+        return {**fitted, "net_": skorch_net, "history_": history,
                 "n_iter_": len(skorch_net.history), "interrupted_": interrupted,
                 "lr_": float(config.lr)}
 
-    def _training_data(self, net, src, spec, y, info, config, *, warm, sample):
+    def _probe_or_fine_tuned(self, net, probe, start, history, y, data, criterion):
+        """Keep the fine-tuned network only if it beats the linear probe on the held-out
+        rows by more than noise (:func:`~sktransfer._adaptive.fine_tuning_wins`; P>M>F's rule
+        with a margin); else restore the pretrained network and
+        make the probe, refitted on every row, the model. The fitted attributes to update."""
+        (features, key), (state, head) = probe, start
+        valid_idx = np.setdiff1d(np.arange(len(y)), data.train_idx)
+        scores = {
+            "linear_probe": probe_score(head, features[valid_idx], y[valid_idx],
+                                        classifier=self._is_classifier),
+            "fine_tuned": fine_tuned_score(history, classifier=self._is_classifier,
+                                           early_stopping=self.early_stopping),
+        }
+        if self.verbose:
+            print(f"held-out {'accuracy' if self._is_classifier else '-MSE'} of "
+                  f"{len(valid_idx)} rows: linear probe {scores['linear_probe']:.4g}, "
+                  f"fine-tuned {scores['fine_tuned']:.4g}")
+        if fine_tuning_wins(scores, len(valid_idx), classifier=self._is_classifier):
+            return {"selection_scores_": scores}
+        net.load_state_dict(state)
+        fit_probe_head(net.head, features, y, classifier=self._is_classifier,
+                       class_weight=getattr(criterion, "class_weights", None))
+        net.refreeze(len(net.stages), **_refreeze_options(self.batchnorm))
+        net.eval()
+        return {"selection_scores_": scores, "freeze_depth_": "all",
+                "n_frozen_stages_": len(net.stages), "cache_key_": key}
+
+    def _training_data(self, net, src, spec, y, info, config, *, warm, sample, select=False):
         """The training (and validation) sets: cached outputs of the frozen stages where
-        that is exact, augmented images where asked."""
+        that is exact, augmented images where asked; rows held out for early stopping or for
+        ``select`` (comparing the fine-tuned model with the probe)."""
         k = info["n_frozen_stages_"]
-        train_idx, valid_idx = self._split(y, config.seed)
+        train_idx, valid_idx = self._split(y, config.seed, select=select)
         drop_last = self._check_batchnorm_batches(net, k, len(train_idx))
         cachable = self.cache is not False and not warm and frozen_prefix_is_exact(net, k)
         if self.augment == "flip" and cachable:
             data = self._cached_flips(net, k, src, spec, y, info, config, train_idx, valid_idx)
             if data is not None:
-                train, valid, key = data
-                return _TrainingData(train, valid, train_idx, drop_last, key, sample)
+                train, valid, key, plain = data
+                return _TrainingData(train, valid, train_idx, drop_last, key, sample,
+                                     _target_rows(plain, y, None))
         augmenter = make_augmenter(self.augment, spec)
         if augmenter is not None:
             with torch.random.fork_rng(devices=[]):  # the check draws nothing training sees
@@ -242,11 +332,15 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         else:
             train = ArrayDataset(inputs.take(train_idx), y[train_idx], transform=augmenter)
             valid = ArrayDataset(inputs.take(valid_idx), y[valid_idx])
-        return _TrainingData(train, valid, train_idx, drop_last, cache_key, sample)
+        target = _target_rows(inputs, y, augmenter)
+        if target is not None and valid_idx is None:
+            train = ArrayDataset(inputs.take(train_idx), y[train_idx], transform=augmenter)
+        return _TrainingData(train, valid, train_idx, drop_last, cache_key, sample, target)
 
     def _cached_flips(self, net, k, src, spec, y, info, config, train_idx, valid_idx):
         """``augment="flip"`` on cached outputs of the frozen stages for each image and its
-        mirror image: ``(train, valid, cache_key)``, or ``None`` over the cache budget."""
+        mirror image: ``(train, valid, cache_key, plain)``, or ``None`` over the cache
+        budget."""
         if spec.kind != "image":
             make_augmenter(self.augment, spec)  # says that vectors cannot be flipped
         plain, key = self._cached_prefix(net, k, src, spec, info, config)
@@ -256,18 +350,22 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         if key is None or flipped is None:
             net.start = 0
             return None
-        y_tr = y if valid_idx is None else y[train_idx]
-        rows = np.arange(len(y)) if valid_idx is None else train_idx
-        train = CachedFlips(plain.X[rows], flipped.X[rows], y_tr)
+        train = CachedFlips(plain.X[train_idx], flipped.X[train_idx], y[train_idx])
         valid = None if valid_idx is None else ArrayDataset(plain.take(valid_idx), y[valid_idx])
-        return train, valid, key
+        return train, valid, key, plain
 
     def _run_skorch(self, net, criterion, config, data):
         callbacks = training_callbacks(config, data.probe, validate=data.valid is not None,
+                                       stop_early=self.early_stopping,
                                        accuracy=self._is_classifier, drop_last=data.drop_last)
+        adapted = {} if data.target is None else adaptation_net_options(
+            data.target, method=self.unlabeled, weight=self.unlabeled_weight,
+            classifier=self._is_classifier, n_train=len(data.train), config=config,
+            drop_last=data.drop_last)
         skorch_net = make_skorch_net(
             net, criterion, config, callbacks=callbacks, drop_last=data.drop_last,
             train_split=None if data.valid is None else predefined_split(data.valid),
+            **adapted,
         )
         try:
             interrupted = run_training(skorch_net, data.train, batch_size=self.batch_size)
@@ -280,7 +378,7 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
     def _probe_head(self, net, src, spec, info, y, criterion, train_idx, config):
         """Linear-probe head start: the head set to a linear model fitted on the pretrained
         features of the training rows (computed once, through the activation cache)."""
-        n, feats = len(net.stages), None
+        n, feats, key = len(net.stages), None, None
         with amp_context(config.device, self.precision):
             if self.cache is not False:
                 key = self._prefix_key(info["backbone_name_"], info["weights_"], spec, n,
@@ -290,22 +388,41 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
                     batch_size=self._infer_batch_size(), memory=self._memory(),
                 )
             if feats is None:  # no cache, or over its budget
+                key = None
                 feats = torch.from_numpy(batched_features(net, src, config.device,
                                                           self._infer_batch_size()))
+        every = feats.numpy()
+        feats = every[train_idx]
+        bad = ~np.isfinite(feats).all(axis=1)
+        if bad.any():
+            raise FloatingPointError(
+                f"The pretrained features of {int(bad.sum())} training sample(s) (rows "
+                f"{train_idx[bad][:5].tolist()}) are NaN or infinite, so the linear-probe head "
+                "start cannot be fitted: X holds values that overflow float32 in the backbone. "
+                "Check X for extreme values."
+            )
         weights = getattr(criterion, "class_weights", None)
-        fit_probe_head(net.head, feats.numpy()[train_idx], y[train_idx],
+        fit_probe_head(net.head, feats, y[train_idx],
                        classifier=self._is_classifier, class_weight=weights)
+        return every, key
 
-    def _start_network(self, spec, y, sample, weights=None):
+    def _start_network(self, spec, y, sample, weights, freeze_depth):
         """``(net, attrs, warm)``: a fresh network from the pretrained weights, or
         (``warm_start``) a copy of the fitted one; the fitted attributes that describe it."""
         n_outputs = self._n_outputs(y)
         if not (self.warm_start and hasattr(self, "module_")):
             weights = self.weights if weights is None else weights
-            built = self._build_network(spec, n_outputs, sample, weights=weights)
+            auto = freeze_depth == "auto"  # fine-tuning chosen by the rule: its share frozen
+            built = self._build_network(spec, n_outputs, sample, weights=weights,
+                                        freeze_depth="all" if auto else freeze_depth)
+            k = built.n_frozen
+            if auto:
+                k = fine_tuning_frozen(len(built.net.stages))
+                built.net.refreeze(k, **_refreeze_options(self.batchnorm))
             return built.net, {
                 "backbone_name_": built.backbone_name, "weights_": built.weights,
-                "n_frozen_stages_": built.n_frozen, "n_features_out_": built.n_features,
+                "n_frozen_stages_": k, "n_features_out_": built.n_features,
+                "freeze_depth_": k if auto else freeze_depth,
             }, False
         if self.input_spec_.sample_shape != spec.sample_shape:
             raise ValueError(
@@ -315,17 +432,23 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         net = copy.deepcopy(self.module_)
         if n_outputs != net.head.out_features:
             raise ValueError("warm_start=True needs the same number of outputs as before.")
-        k = n_frozen_stages(self.freeze_depth, list(self.stage_names_))
+        k = (fine_tuning_frozen(len(self.stage_names_)) if freeze_depth == "auto"
+             else n_frozen_stages(freeze_depth, list(self.stage_names_)))
         net.refreeze(k, **_refreeze_options(self.batchnorm))
         return net, {"backbone_name_": self.backbone_name_, "weights_": self.weights_,
-                     "n_frozen_stages_": k, "n_features_out_": self.n_features_out_}, True
+                     "n_frozen_stages_": k, "n_features_out_": self.n_features_out_,
+                     "freeze_depth_": k if freeze_depth == "auto" else freeze_depth}, True
 
-    def _split(self, y, seed):
-        """Training and validation indices (``None`` for validation without early stopping)."""
-        if not self.early_stopping:
-            return np.arange(len(y)), None
-        return validation_split(y, self.validation_fraction, seed,
-                                stratified=self._is_classifier)
+    def _split(self, y, seed, select=False):
+        """Training and validation indices among the labeled rows (``None`` for validation
+        without early stopping or ``select``)."""
+        rows = labeled_rows(y)
+        if not (self.early_stopping or select):
+            return rows, None
+        fraction = self.validation_fraction if self.early_stopping else SELECT_FRACTION
+        train, valid = validation_split(y[rows], fraction, seed,
+                                        stratified=self._is_classifier)
+        return rows[train], rows[valid]
 
     def _check_batchnorm_batches(self, net, k, n_train):
         """Refuse to train BatchNorm on one sample; say whether the last batch must be
@@ -362,7 +485,8 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         """A skorch net around an already trained module (after unpickling or loading, or
         when no epoch was run)."""
         if config is None:
-            config = TrainingConfig(lr=self.lr_ or 0.0, max_epochs=self.max_epochs,
+            epochs = self.max_epochs if self.max_epochs != "auto" else 1
+            config = TrainingConfig(lr=self.lr_ or 0.0, max_epochs=epochs,
                                     batch_size=self.batch_size, seed=0, device=self.device_,
                                     optimizer=self.optimizer, momentum=self.momentum,
                                     weight_decay=self.weight_decay, precision=self.precision,
@@ -436,41 +560,38 @@ class TransferEstimatorMixin(BackboneEstimatorMixin):
         return tags
 
 
+def _cpu_state(net):
+    """A copy of ``net``'s state on the CPU (to restore the pretrained network)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+
+def _labeled(y, target):
+    """The rows of y outside ``target``."""
+    y = np.asarray(y) if not hasattr(y, "to_numpy") else y.to_numpy()
+    return y[~target]
+
+
+def _target_rows(inputs, y, augmenter):
+    """The unlabeled target rows of a domain-adapted fit as a dataset, or ``None``."""
+    rows = np.setdiff1d(np.arange(len(y)), labeled_rows(y))
+    if not len(rows):
+        return None
+    return ArrayDataset(inputs.take(rows), transform=augmenter)
+
+
+def _warn_unused_augmentation(augment, freeze_depth):
+    if augment is None:
+        return
+    chose = ("freeze_depth='auto' chose the linear probe for this little data"
+             if freeze_depth == "auto" else "with freeze_depth='all' the head is the probe")
+    warnings.warn(
+        f"augment={augment!r} was not used: {chose}, fitted on the frozen features of the "
+        "images as given, and no epoch ran. To train with augmentation, set freeze_depth "
+        "to a number of stages (or head_init='random').",
+        UserWarning, stacklevel=5,
+    )
+
+
 def _refreeze_options(batchnorm):
     train_bn, bn_momentum = batchnorm_policy(batchnorm)
     return {"train_bn": train_bn, "bn_momentum": bn_momentum}
-
-
-def validation_split(y, fraction, seed, *, stratified):
-    """Sorted training and validation indices for early stopping (stratified by class for a
-    classifier where every class has 2 samples and the validation set room for each)."""
-    idx = np.arange(len(y))
-    stratify = None
-    if stratified:
-        counts = np.bincount(y)
-        n_valid = int(np.ceil(fraction * len(y)))
-        if counts[counts > 0].min() >= 2 and n_valid >= len(counts[counts > 0]):
-            stratify = y
-        else:
-            warnings.warn(
-                "early_stopping: a class has fewer than 2 samples (or the validation set is "
-                "smaller than the number of classes), so the validation split is not "
-                "stratified.",
-                UserWarning,
-                stacklevel=5,
-            )
-    try:
-        tr, va = train_test_split(
-            idx, test_size=fraction, random_state=seed, stratify=stratify
-        )
-    except ValueError as exc:
-        raise ValueError(
-            f"early_stopping needs a validation split of {fraction} of "
-            f"{len(y)} samples: {exc} Use more data or early_stopping=False."
-        ) from exc
-    if len(tr) == 0 or len(va) == 0:
-        raise ValueError(
-            f"early_stopping: validation_fraction={fraction} of {len(y)} "
-            "samples leaves an empty training or validation set."
-        )
-    return np.sort(tr), np.sort(va)

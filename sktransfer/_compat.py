@@ -4,6 +4,7 @@ Keeping them here means a scikit-learn upgrade that moves one of them is a one-l
 """
 
 from sklearn.base import _fit_context
+from sklearn.utils import _safe_indexing as safe_indexing
 from sklearn.utils._param_validation import (
     HasMethods,
     Interval,
@@ -12,6 +13,7 @@ from sklearn.utils._param_validation import (
 )
 from sklearn.utils.validation import _check_feature_names as check_feature_names
 from sklearn.utils.validation import _get_feature_names as get_feature_names
+from sklearn.utils.validation import _num_samples as num_samples
 
 __all__ = [
     "HasMethods",
@@ -21,4 +23,6 @@ __all__ = [
     "_fit_context",
     "check_feature_names",
     "get_feature_names",
+    "num_samples",
+    "safe_indexing",
 ]

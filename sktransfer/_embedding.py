@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from sklearn.utils.multiclass import type_of_target
 
+from ._runtime import batched_features
 from ._saliency import check_estimator, inspecting, network_input
 from .plotting import _import_pyplot
 
@@ -190,7 +191,10 @@ class EmbeddingDisplay:
             The features of the fitted network (what its head sees), or those of the
             network as ``fit`` built it from ``estimator.weights``, before training: the map
             before fine-tuning. (With ``weights=None`` that random network is drawn again from
-            an integer ``random_state``; other values give another random draw.)
+            an integer ``random_state``; other values give another random draw.) Refused with
+            a ValueError where ``weights`` no longer gives the weights the fit started from
+            (``weights_``): after a semi-supervised fit (``unlabeled=...``, whose fine-tuning
+            starts from its stage one, not kept), or when the weights folder was rewritten.
         method : {"pca", "tsne"}, default="pca"
             The 2-D map, as for :meth:`from_features`.
         random_state : int, RandomState instance or None, default=None
@@ -270,24 +274,37 @@ def _backbone_features(estimator, X, *, pretrained):
     """Pooled backbone features of the fitted network (what its head sees), or of the network
     its fit started from."""
     source, _ = network_input(estimator, X)
-    batch_size = estimator._infer_batch_size()
-    out = []
     with inspecting(estimator) as fitted, torch.no_grad():
         net = _starting_network(estimator, source) if pretrained else fitted
-        for start in range(0, len(source), batch_size):
-            idx = np.arange(start, min(start + batch_size, len(source)))
-            out.append(net.features(source.batch(idx).to(estimator.device_)).float().cpu())
-    return torch.cat(out).numpy()
+        return batched_features(net, source, estimator.device_, estimator._infer_batch_size())
 
 
 def _starting_network(estimator, source):
     """The network as ``fit`` built it, before training: the estimator's own builder with its
     ``weights`` (with ``weights=None``, drawn as ``fit`` draws it from an integer
-    ``random_state``)."""
+    ``random_state``). Refused when ``weights`` no longer gives the weights the fit started
+    from (``weights_``): a semi-supervised fit, or a weights folder rewritten since."""
     if isinstance(estimator.random_state, numbers.Integral):
         # the caller's scope restores the global state after
         torch.default_generator.manual_seed(int(estimator.random_state))
     sample = source.batch(np.arange(min(len(source), 2)))
     built = estimator._build_network(estimator.input_spec_, estimator._n_outputs_fitted(),
                                      sample, weights=estimator.weights)
+    if built.weights != estimator.weights_:
+        if getattr(estimator, "unlabeled", None) is not None:
+            raise ValueError(
+                "features='pretrained' needs the network this fit started from: the backbone "
+                f"that stage one of unlabeled={estimator.unlabeled!r} pretrained "
+                f"(weights_={estimator.weights_!r}), which the estimator does not keep. To "
+                "map it, pretrain in a step of your own (sktransfer.pretraining."
+                "ContrastivePretrainer(...).fit(X), then .save_weights(folder)) and fit the "
+                "classifier on the labeled rows with weights=folder; or use "
+                "features='fine-tuned'."
+            )
+        raise ValueError(
+            f"features='pretrained' rebuilds the network this fit started from, from "
+            f"weights={estimator.weights!r}, which now gives {built.weights!r}, not the "
+            f"{estimator.weights_!r} the fit started from. Refit, or restore those weights; "
+            "or use features='fine-tuned'."
+        )
     return built.net.to(estimator.device_).eval()

@@ -64,8 +64,9 @@ class BackboneEstimatorMixin:
         "feature_names_in_": "feature_names",
     }
 
-    def _network_options(self):
-        """Keyword arguments of :func:`build_network` that the hyperparameters set."""
+    def _network_options(self, **overrides):
+        """Keyword arguments of :func:`build_network` that the hyperparameters set
+        (``overrides``: values resolved in ``fit`` in place of the hyperparameters)."""
         raise NotImplementedError
 
     def _n_outputs_fitted(self):
@@ -117,12 +118,13 @@ class BackboneEstimatorMixin:
 
     # -- the network ------------------------------------------------------------------------
 
-    def _build_network(self, spec, n_outputs, sample, *, weights, n_frozen=None):
-        """The one builder (:func:`build_network`) with this estimator's settings."""
+    def _build_network(self, spec, n_outputs, sample, *, weights, n_frozen=None, **options):
+        """The one builder (:func:`build_network`) with this estimator's settings
+        (``options``: of :meth:`_network_options`, e.g. a resolved ``freeze_depth``)."""
         return build_network(
             self.backbone, weights=weights, spec=spec, n_outputs=n_outputs, sample=sample,
             n_frozen=n_frozen, grayscale=self.grayscale, input_size=self.input_size,
-            **self._network_options(),
+            **self._network_options(**options),
         )
 
     def _restore_module(self, module_state, device=None):

@@ -70,16 +70,17 @@ def n_frozen_stages(freeze_depth, stage_names):
     return n + k
 
 
-def apply_freezing(stages, k, *, bn_momentum=0.1):
+def apply_freezing(stages, k, *, bn_momentum=0.1, train_bn=False):
     """Freeze the first ``k`` of ``stages`` (a sequence of modules); unfreeze the rest.
 
-    Trainable BatchNorm layers get ``bn_momentum`` (``None`` keeps theirs).
+    BatchNorm layers whose statistics update (those of trainable stages; with ``train_bn``
+    those of frozen stages too) get ``bn_momentum`` (``None`` keeps theirs).
     """
     for i, stage in enumerate(stages):
         frozen = i < k
         for p in stage.parameters():
             p.requires_grad_(not frozen)
-        if not frozen and bn_momentum is not None:
+        if (train_bn or not frozen) and bn_momentum is not None:
             for m in stage.modules():
                 if isinstance(m, _BN):
                     m.momentum = bn_momentum

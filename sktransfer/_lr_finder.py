@@ -6,7 +6,10 @@ exponentially from ``start_lr`` to ``end_lr``; the smoothed loss is recorded unt
 fastest per decade of learning rate, before its minimum (:func:`steepest`). fastai's "valley"
 rule (:func:`valley`) is kept for comparison: on the data sets of ``benchmarks/bench_recipe.py``
 it suggests rates about ten times lower, too low for a short fine-tuning run (the benchmark
-prints both). The network the fit then trains is untouched: the test runs on a deep copy.
+prints both). The network the fit then trains is untouched: the test runs on a deep copy, with
+the optimizer's parameter groups of a fit (per-stage rates included) and its rates set by a
+``LambdaLR`` policy, as a fit's schedule sets them. It draws from random generators of its
+own, so the fit after it draws what a fit with ``lr=lr_`` draws.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import math
 import time
 
 import numpy as np
+import torch
 from skorch.callbacks import Callback
 
-from ._training import _Interrupted, _StopEarly, make_skorch_net
+from ._runtime import preserved_global_state
+from ._training import _StopEarly, make_skorch_net
 
 __all__ = ["lr_range_test", "steepest", "valley"]
 
@@ -85,19 +90,17 @@ class _RangeTest(Callback):
     def on_train_begin(self, net, **kwargs):
         self.lrs_, self.losses_ = [], []
         self._avg, self._best, self._step = 0.0, math.inf, 0
-
-    def on_batch_begin(self, net, batch=None, training=None, **kwargs):
-        if not training:
-            return
-        lr = self.start_lr * (self.end_lr / self.start_lr) ** (self._step / (self.num_it - 1))
-        for group in net.optimizer_.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        self._lr = lr
+        # every group starts at start_lr x its lr_scale (the fit's groups at lr=start_lr)
+        ratio = self.end_lr / self.start_lr
+        self.policy_ = torch.optim.lr_scheduler.LambdaLR(
+            net.optimizer_, lambda step: ratio ** (step / (self.num_it - 1)))
 
     def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs):
         if not training:
             return
+        self._lr = self.policy_.get_last_lr()[-1]  # the head's rate, this batch's
         self._step += 1
+        self.policy_.step()
         value = float(loss.detach())
         if not math.isfinite(value):
             if not self.losses_:
@@ -134,13 +137,13 @@ def lr_range_test(module, criterion, dataset, config, *, drop_last=False, num_it
     finder = _RangeTest(num_it, start_lr, end_lr)
     net = make_skorch_net(copy.deepcopy(module), criterion, cfg,
                           callbacks=[("range_test", finder)], drop_last=drop_last)
-    try:
+    with preserved_global_state(config.device):
         net.fit(dataset, None)
-    except _Interrupted:
+    if getattr(net, "interrupted_", False):
         raise KeyboardInterrupt(
             "Training interrupted by user during the learning-rate range test (lr='auto'); "
             "the estimator is unchanged."
-        ) from None
+        )
     lrs, losses = finder.lrs_, finder.losses_
     skip = len(lrs) // 10 if len(lrs) >= 20 else 0
     end = len(lrs) - 5 if len(lrs) - skip > 10 else len(lrs)

@@ -55,13 +55,15 @@ class TransferNet(nn.Module):
         self.n_frozen = int(n_frozen)
         self.train_bn = bool(train_bn)
         self.start = 0
-        apply_freezing(list(self.stages), self.n_frozen, bn_momentum=bn_momentum)
+        apply_freezing(list(self.stages), self.n_frozen, bn_momentum=bn_momentum,
+                       train_bn=self.train_bn)
 
     def refreeze(self, n_frozen, *, train_bn=False, bn_momentum=0.1):
         """Change the frozen depth (used by ``warm_start`` fits with a new ``freeze_depth``)."""
         self.n_frozen = int(n_frozen)
         self.train_bn = bool(train_bn)
-        apply_freezing(list(self.stages), self.n_frozen, bn_momentum=bn_momentum)
+        apply_freezing(list(self.stages), self.n_frozen, bn_momentum=bn_momentum,
+                       train_bn=self.train_bn)
 
     def train(self, mode=True):
         super().train(mode)

@@ -17,11 +17,14 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
 
-__all__ = ["PROBE_C", "PROBE_ALPHA", "fit_probe_head"]
+__all__ = ["PROBE_ABSENT_PROBA", "PROBE_C", "PROBE_ALPHA", "fit_probe_head"]
 
 #: Inverse L2 strength of the probe's logistic regression, and the ridge penalty (per sample).
 PROBE_C = 1.0
 PROBE_ALPHA = 0.01
+#: Largest probability the probe head gives, on a training image, to a class that has no
+#: training image (one held out for early stopping, say).
+PROBE_ABSENT_PROBA = 1e-3
 
 
 def fit_probe_head(head, features, y, *, classifier, class_weight=None):
@@ -63,12 +66,8 @@ def fit_probe_head(head, features, y, *, classifier, class_weight=None):
             if coef.shape[0] == 1:  # binary: one logit difference, split over two outputs
                 coef = np.vstack([-coef / 2, coef / 2])
                 intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
-            full_coef = np.zeros((head.out_features, features.shape[1]))
-            full_intercept = np.full(head.out_features, -1e4 if len(model.classes_) <
-                                     head.out_features else 0.0)
-            full_coef[model.classes_] = coef
-            full_intercept[model.classes_] = intercept
-            coef, intercept = full_coef, full_intercept
+            coef, intercept = _with_absent_classes(coef, intercept, model.classes_,
+                                                   head.out_features, features)
         else:
             model = Ridge(alpha=PROBE_ALPHA * len(features)).fit(features, y)
             coef = np.atleast_2d(model.coef_)
@@ -76,3 +75,24 @@ def fit_probe_head(head, features, y, *, classifier, class_weight=None):
     with torch.no_grad():
         head.weight.copy_(torch.as_tensor(coef, dtype=head.weight.dtype))
         head.bias.copy_(torch.as_tensor(intercept, dtype=head.bias.dtype))
+
+
+def _with_absent_classes(coef, intercept, classes, n_outputs, features):
+    """The probe's coefficients and intercepts over all ``n_outputs`` classes.
+
+    A class without training rows gets no weights and the intercept that gives it at most
+    :data:`PROBE_ABSENT_PROBA` on every training row: unlikely, yet a finite logit, so the
+    smoothed loss (which spreads ``label_smoothing / n_classes`` of every target on it) starts at
+    a normal size instead of ``label_smoothing / n_classes`` times the logit gap.
+    """
+    full_coef = np.zeros((n_outputs, features.shape[1]))
+    full_intercept = np.zeros(n_outputs)
+    full_coef[classes] = coef
+    full_intercept[classes] = intercept
+    absent = np.setdiff1d(np.arange(n_outputs), classes)
+    if len(absent):
+        logits = features @ coef.T + intercept
+        top = logits.max(axis=1)
+        log_norm = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+        full_intercept[absent] = log_norm.min() + np.log(PROBE_ABSENT_PROBA)
+    return full_coef, full_intercept

@@ -101,7 +101,8 @@ def seed_from(random_state):
 
 def batched_forward(net, source, device, batch_size, start=0, num_workers=0, pad=False,
                     flip=False):
-    """Outputs for every sample of ``source``, in batches of ``batch_size``.
+    """Outputs for every sample of ``source``, in batches of ``batch_size``
+    (:func:`batched_features` with ``net``'s forward pass from stage ``start``).
 
     With ``pad=True`` every batch is zero-padded to ``batch_size`` rows, so each sample goes
     through exactly the same matrix kernels whatever the size of the request: predictions are
@@ -109,7 +110,54 @@ def batched_forward(net, source, device, batch_size, start=0, num_workers=0, pad
     ``flip=True`` runs the images flipped left-right (test-time augmentation).
     """
     extra = {"flip": True} if flip else {}
-    outs = []
+    return batched_features(lambda xb: net(xb, start=start, **extra), source, device,
+                            batch_size, num_workers=num_workers, pad=pad)
+
+
+def batched_features(features, source, device, batch_size, *, num_workers=0, pad=False):
+    """What ``features`` computes for every sample of ``source``, in batches of ``batch_size``,
+    under inference mode: the package's one loop over a source in batches.
+
+    Parameters
+    ----------
+    features : TransferNet or callable
+        A network: its ``features`` (the backbone's output, before the head), computed in eval
+        mode, the network's mode restored after. A callable: called on each batch as given
+        (on ``device``), the caller having set the modes.
+    source : ArraySource or ImageSource
+        The samples; ``source.batch(indices)`` gives a raw batch.
+    device : str
+        Where the batches go.
+    batch_size : int
+        Samples per batch.
+    num_workers : int, default=0
+        Decode image files in this many worker processes, in order.
+    pad : bool, default=False
+        Zero-pad every batch to ``batch_size`` rows (the outputs of the padding dropped).
+
+    Returns
+    -------
+    out : ndarray of shape (n_samples, ...), dtype float32
+        Run under the caller's autocast, if any; returned as float32 on the CPU.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from sktransfer._runtime import batched_features
+    >>> class Source:
+    ...     def __len__(self): return 5
+    ...     def batch(self, idx): return torch.arange(5.0)[idx, None]
+    >>> batched_features(lambda x: 2 * x, Source(), "cpu", 2, pad=True)[:, 0]
+    array([0., 2., 4., 6., 8.], dtype=float32)
+    """
+    if isinstance(features, torch.nn.Module) and hasattr(features, "features"):
+        net, was = features, features.training
+        net.eval()
+        try:
+            return batched_features(net.features, source, device, batch_size,
+                                    num_workers=num_workers, pad=pad)
+        finally:
+            net.train(was)
     n = len(source)
     chunks = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
     batches = (source.batch(idx) for idx in chunks)
@@ -119,29 +167,14 @@ def batched_forward(net, source, device, batch_size, start=0, num_workers=0, pad
             ArrayDataset(source), batch_sampler=chunks, num_workers=num_workers,
             collate_fn=collate_batch,
         ))
+    outs = []
     with torch.inference_mode():
         for xb in batches:
             m = len(xb)
             if pad and m < batch_size:
                 xb = torch.cat([xb, xb.new_zeros((batch_size - m, *xb.shape[1:]))])
-            out = net(xb.to(device, non_blocking=True), start=start, **extra)[:m]
-            outs.append(out.float().cpu())
+            outs.append(features(xb.to(device, non_blocking=True))[:m].float().cpu())
     return torch.cat(outs).numpy()
-
-
-def batched_features(net, source, device, batch_size):
-    """Backbone features (before the head) of every sample of ``source``, in eval mode."""
-    was = net.training
-    net.eval()
-    try:
-        with torch.inference_mode():
-            return torch.cat([
-                net.features(source.batch(np.arange(i, min(i + batch_size, len(source))))
-                             .to(device)).float().cpu()
-                for i in range(0, len(source), batch_size)
-            ]).numpy()
-    finally:
-        net.train(was)
 
 
 def check_finite_output(out):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import clone
-from sklearn.utils import _safe_indexing
-from sklearn.utils.validation import _num_samples, column_or_1d
+from sklearn.utils.validation import column_or_1d
 
+from ._compat import num_samples, safe_indexing
 from ._model_folder import saved_stages_of
 from ._runtime import seed_from
 from .pretraining import AutoencoderPretrainer, ContrastivePretrainer
@@ -20,15 +20,16 @@ from .pretraining import AutoencoderPretrainer, ContrastivePretrainer
 __all__ = ["fit_semi_supervised", "refuse_unlabeled_marker"]
 
 
-def fit_semi_supervised(clf, X, y):
+def fit_semi_supervised(clf, X, y, unlabeled=None):
     """Stage one (self-supervised pretraining on every row), then fine-tuning on the
-    labeled rows, starting from the stages of stage one."""
+    labeled rows, starting from the stages of stage one. ``unlabeled``: the unlabeled rows
+    (default: those of y labelled -1)."""
     y = np.asarray(y) if not hasattr(y, "iloc") else y.to_numpy()
     if y.ndim == 2 and y.shape[1] == 1:
         y = column_or_1d(y, warn=True)
-    if y.ndim != 1 or len(y) != _num_samples(X):
+    if y.ndim != 1 or len(y) != num_samples(X):
         return clf._fit(X, y)  # which says what is wrong with y
-    unlabeled = _unlabeled_rows(y)
+    unlabeled = _unlabeled_rows(y) if unlabeled is None else np.asarray(unlabeled, bool)
     labeled = np.flatnonzero(~unlabeled)
     if len(labeled) == 0:
         raise ValueError(
@@ -37,7 +38,7 @@ def fit_semi_supervised(clf, X, y):
             "some rows, or pretrain alone with sktransfer.pretraining.ContrastivePretrainer."
         )
     if clf.warm_start and hasattr(clf, "module_"):  # continues the previous fit
-        return clf._fit(_safe_indexing(X, labeled), y[labeled])
+        return clf._fit(safe_indexing(X, labeled), y[labeled])
     clf._encode_y(y[labeled], n_samples=len(labeled))  # label errors before stage one
     pretrainer = _stage_one_pretrainer(clf, seed_from(clf.random_state))
     pretrainer.fit(X)
@@ -49,7 +50,7 @@ def fit_semi_supervised(clf, X, y):
         origin=f"starting from {pretrainer.weights_ or 'random initialisation'}",
         grayscale=clf.grayscale,
     )
-    return clf._fit(_safe_indexing(X, labeled), y[labeled], weights=stage_one)
+    return clf._fit(safe_indexing(X, labeled), y[labeled], weights=stage_one)
 
 
 def _stage_one_pretrainer(clf, seed):
@@ -63,8 +64,8 @@ def _stage_one_pretrainer(clf, seed):
     if isinstance(clf.unlabeled, str):
         cls = {"contrastive": ContrastivePretrainer,
                "autoencoder": AutoencoderPretrainer}[clf.unlabeled]
-        return cls(**network, max_epochs=clf.max_epochs, random_state=seed,
-                   verbose=clf.verbose)
+        epochs = {} if clf.max_epochs == "auto" else {"max_epochs": clf.max_epochs}
+        return cls(**network, **epochs, random_state=seed, verbose=clf.verbose)
     pretrainer = clone(clf.unlabeled).set_params(**network)
     if pretrainer.get_params().get("random_state") is None:
         pretrainer.set_params(random_state=seed)
@@ -104,8 +105,10 @@ def refuse_unlabeled_marker(y):
                  else f"in every row ({len(y)})")
         raise ValueError(
             f"y holds -1 {where}: scikit-learn marks unlabeled "
-            "rows with -1 (sklearn.semi_supervised). To use them, pass unlabeled='contrastive' "
-            "(or 'autoencoder', or a pretrainer): the backbone is pretrained on every row, then "
-            "fine-tuned on the labeled ones. To ignore them, drop those rows. If -1 is a class "
-            "of its own, give the labels another type (e.g. y.astype(str))."
+            "rows with -1 (sklearn.semi_supervised). To use them, say what they are for: "
+            "unlabeled='coral', 'mcc' or 'dann' when they are images of another domain, the "
+            "one to predict (domain adaptation); unlabeled='contrastive' (or 'autoencoder', "
+            "or a pretrainer) to pretrain the backbone on every row, then fine-tune on the "
+            "labeled ones. To ignore them, drop those rows. If -1 is a class of its own, give "
+            "the labels another type (e.g. y.astype(str))."
         )

@@ -115,6 +115,21 @@ def _opt_str_attr(v):
     return v
 
 
+def _scores_attr(v):
+    if v is None:
+        return None
+    _check(isinstance(v, dict) and all(isinstance(k, str) for k in v)
+           and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values()),
+           "must be an object of names to numbers, or null")
+    return {k: float(x) for k, x in v.items()}
+
+
+def _freeze_depth_attr(v):
+    _check(v is None or v == "all" or (isinstance(v, int) and not isinstance(v, bool)),
+           "must be an integer, 'all' or null")
+    return v
+
+
 def _key_attr(v):
     # a folder name inside ``memory``: hexadecimal only, so it cannot point elsewhere
     _check(
@@ -282,6 +297,9 @@ KINDS = {
     "names": (_encode_plain, _names_attr),
     "history": (_encode_plain, _history_attr),
     "cache_key": (_encode_plain, _key_attr),
+    "optional_count": (_encode_plain, lambda v: None if v is None else _int_attr(0)(v)),
+    "freeze_depth": (_encode_plain, _freeze_depth_attr),
+    "scores": (_encode_plain, _scores_attr),
     "optional_positive_real": (_encode_plain,
                                lambda v: None if v is None else _positive_real_attr(v)),
     "range_test": (_encode_plain, _range_test_attr),

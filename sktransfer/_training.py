@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils import get_total_norm
 
 from ._data import collate_batch
-from ._schedules import LRSchedule, stage_param_groups, trained_backbone_anchors
+from ._schedules import StepSchedule, stage_param_groups, trained_backbone_anchors
 
 __all__ = [
     "TrainingConfig",
@@ -122,10 +122,13 @@ class _TransferSkorchNet(NeuralNet):
     """skorch ``NeuralNet`` that optimises only trainable parameters, survives Ctrl-C and runs
     its forward passes under autocast to ``precision`` (float16 with a gradient scaler)."""
 
-    def __init__(self, *args, precision="float32", l2_sp=0.0, **kwargs):
+    def __init__(self, *args, precision="float32", l2_sp=0.0, layer_decay=1.0,
+                 head_weight_decay=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.precision = precision
         self.l2_sp = l2_sp
+        self.layer_decay = layer_decay
+        self.head_weight_decay = head_weight_decay
 
     def initialize(self):
         super().initialize()
@@ -146,21 +149,51 @@ class _TransferSkorchNet(NeuralNet):
         super()._set_training(training)
         self._mode_set = training
 
+    def get_params_for_optimizer(self, prefix, named_parameters):
+        """The optimizer's parameter groups, one per trainable stage and one for the head,
+        built from the parameter objects (:func:`~sktransfer._schedules.stage_param_groups`):
+        per-stage rates and L2-SP's head-only weight decay hold under ``torch.compile`` and
+        accelerate, which rename the parameters."""
+        args, kwargs = super().get_params_for_optimizer(prefix, named_parameters)
+        module = getattr(self.module_, "_orig_mod", self.module_)
+        if prefix == "optimizer" and hasattr(module, "stages") and hasattr(module, "head"):
+            args = (stage_param_groups(module, kwargs.get("lr", self.lr),
+                                       layer_decay=self.layer_decay,
+                                       head_weight_decay=self.head_weight_decay),)
+        return args, kwargs
+
     def train_step_single(self, batch, **fit_params):
-        if self.precision == "float32":
-            step = super().train_step_single(batch, **fit_params)
-        else:
-            self._set_training(True)
-            Xi, yi = unpack_data(batch)
-            with amp_context(self.device, self.precision):
-                y_pred = self.infer(Xi, **fit_params)
-                loss = self.get_loss(y_pred, yi, X=Xi, training=True)
-            scaler = getattr(self, "grad_scaler_", None)
-            (loss if scaler is None else scaler.scale(loss)).backward()
-            step = {"loss": loss, "y_pred": y_pred}
-        if self.l2_sp:
-            self._add_l2_sp_gradient()
-        return step
+        # The one mixed-precision path: the forward pass under autocast, the backward pass
+        # through the gradient scaler (float16) or accelerate, whichever trains the net.
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        with self._autocast():
+            y_pred = self.infer(Xi, **fit_params)
+            loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        self._backward(loss)
+        return {"loss": loss, "y_pred": y_pred}
+
+    def _autocast(self):
+        return amp_context(self.device, self.precision)
+
+    def _backward(self, loss):
+        scaler = getattr(self, "grad_scaler_", None)
+        (loss if scaler is None else scaler.scale(loss)).backward()
+
+    def _with_l2_sp(self, step_fn):
+        """``step_fn`` (which computes the gradients of a batch), then L2-SP's gradient added
+        once per optimizer step: not per micro-batch under gradient accumulation."""
+        if not self.l2_sp:
+            return step_fn
+
+        def step_and_pull():
+            loss = step_fn()
+            accelerator = getattr(self, "accelerator", None)
+            if accelerator is None or accelerator.sync_gradients:
+                self._add_l2_sp_gradient()
+            return loss
+
+        return step_and_pull
 
     def _add_l2_sp_gradient(self):
         """L2-SP: add the gradient of ``l2_sp / 2 x ||w - w0||^2`` to each trained stage's
@@ -179,6 +212,7 @@ class _TransferSkorchNet(NeuralNet):
                     param.grad.add_(param - anchor, alpha=scale)
 
     def _step_optimizer(self, step_fn):
+        step_fn = self._with_l2_sp(step_fn)
         scaler = getattr(self, "grad_scaler_", None)
         if scaler is None:
             return super()._step_optimizer(step_fn)
@@ -206,9 +240,7 @@ class _TransferSkorchNet(NeuralNet):
             raise  # skorch ends training and restores the best epoch in on_train_end
         except KeyboardInterrupt:
             self.interrupted_ = True
-            snap = getattr(self, "_last_epoch_state", None)
-            if snap is not None:
-                self.module_.load_state_dict(snap)
+            restore_snapshot(getattr(self, "_last_epoch_state", None))
             # drop the partial epoch from the history
             if len(self.history) and "train_loss" not in self.history[-1]:
                 self.history.pop()
@@ -218,22 +250,35 @@ class _TransferSkorchNet(NeuralNet):
                 TrainingInterrupted,
                 stacklevel=2,
             )
-            raise _Interrupted from None
+            # skorch's partial_fit swallows it and calls every callback's on_train_end
+            raise
 
 
 class _AcceleratedSkorchNet(AccelerateMixin, _TransferSkorchNet):
     """:class:`_TransferSkorchNet` trained through Hugging Face accelerate (multi-GPU, mixed
     precision); the model is unwrapped again after training."""
 
-    def train_step_single(self, batch, **fit_params):
-        step = AccelerateMixin.train_step_single(self, batch, **fit_params)
-        if self.l2_sp:
-            self._add_l2_sp_gradient()
-        return step
+    # ours, not AccelerateMixin's (first in the MRO): the one mixed-precision path, whose
+    # autocast and backward pass are accelerate's here
+    train_step_single = _TransferSkorchNet.train_step_single
 
+    def _autocast(self):
+        return self.accelerator.autocast()  # mixed precision as make_accelerator set it
 
-class _Interrupted(Exception):
-    pass
+    def _backward(self, loss):
+        self.accelerator.backward(loss)
+
+    def _zero_grad_optimizer(self, set_to_none=None):
+        # skorch zeroes before each batch's backward pass, and accelerate's optimizer does so
+        # on the batch that ends an accumulation: the earlier batches' gradients would be
+        # lost. They are zeroed after each optimizer step instead (_step_optimizer).
+        return None
+
+    def _step_optimizer(self, step_fn):
+        AccelerateMixin._step_optimizer(self, self._with_l2_sp(step_fn))
+        if self.accelerator.sync_gradients:
+            for name in self._optimizers:
+                getattr(self, name + "_").zero_grad()
 
 
 class _StopEarly(KeyboardInterrupt):
@@ -351,9 +396,25 @@ class _Guard(Callback):
                     f"epoch {len(net.history)} (batch {self._batch}); training stopped. Lower "
                     f"lr (now {net.lr}), or check X and y for extreme values."
                 )
-        net._last_epoch_state = {
-            k: v.detach().clone() for k, v in net.module_.state_dict().items()
-        }
+        if self._watched is None:
+            self._watched = _trained_tensors(net.module_)
+        net._last_epoch_state = snapshot(self._watched)
+
+
+def snapshot(tensors):
+    """``(tensor, copy on the CPU)`` for each of ``tensors``: what a Ctrl-C restores. Only the
+    tensors training changes are copied, and off the device, so a snapshot never doubles the
+    model's device memory."""
+    return [(t, t.detach().to("cpu", copy=True)) for t in tensors]
+
+
+def restore_snapshot(snap):
+    """Copy a :func:`snapshot` back into its tensors, in place."""
+    if snap is None:
+        return
+    with torch.no_grad():
+        for tensor, saved in snap:
+            tensor.copy_(saved)
 
 
 def _trained_tensors(module):
@@ -445,25 +506,25 @@ class TrainingConfig:
     lr_schedule: str = "constant"
     layer_decay: float = 1.0
     l2_sp: float = 0.0
-    #: the length, in epochs, that the learning-rate schedule spans (None: max_epochs), and
-    #: the epoch of that schedule where this fit begins (a resumed fit continues it)
     schedule_epochs: int | None = None
     start_epoch: int = 0
 
 
-def training_callbacks(config, probe, *, validate=False, accuracy=False, drop_last=False):
-    """The callbacks of a fit: the learning-rate schedule, the guard, early stopping on a
-    validation split (``validate``), validation accuracy (``accuracy``), a progress bar
-    (``verbose >= 2``), the user's own."""
+def training_callbacks(config, probe, *, validate=False, stop_early=True, accuracy=False,
+                       drop_last=False):
+    """The callbacks of a fit: the learning-rate schedule, the guard, on a validation split
+    (``validate``) early stopping (``stop_early``) and validation accuracy (``accuracy``), a
+    progress bar (``verbose >= 2``), the user's own."""
     callbacks = []
     if config.lr_schedule != "constant":
-        callbacks.append(("lr_schedule", LRSchedule(
-            config.lr_schedule, config.lr, config.momentum, drop_last=drop_last,
+        callbacks.append(("lr_schedule", StepSchedule(
+            config.lr_schedule, config.momentum, drop_last=drop_last,
             schedule_epochs=config.schedule_epochs, start_epoch=config.start_epoch)))
     callbacks.append(("guard", _Guard(probe)))
     if validate:
         if accuracy:
             callbacks.append(("valid_acc", _ValidAccuracy()))
+    if validate and stop_early:
         callbacks.append(("early_stopping", _EarlyStopping(
             monitor="valid_loss", patience=config.patience, threshold=config.tol,
             threshold_mode="abs", load_best=True, sink=lambda *a, **k: None,
@@ -476,16 +537,10 @@ def training_callbacks(config, probe, *, validate=False, accuracy=False, drop_la
 
 
 def make_skorch_net(module, criterion, config, *, callbacks=(), train_split=None,
-                    drop_last=False):
-    """The skorch net that trains ``module`` as ``config`` says."""
+                    drop_last=False, net_class=None, net_kwargs=None):
+    """The skorch net that trains ``module`` as ``config`` says (``net_class``: a subclass of
+    the training net, given ``net_kwargs``, for a fit with a loop of its own)."""
     optimizer_kwargs = {"weight_decay": config.weight_decay}
-    if config.layer_decay != 1.0 or config.l2_sp:
-        # the head at lr, earlier stages at lr x layer_decay**depth; with L2-SP the stages are
-        # pulled towards their starting weights and weight decay applies to the head only
-        optimizer_kwargs["param_groups"] = stage_param_groups(
-            module, config.lr, layer_decay=config.layer_decay,
-            head_weight_decay=config.weight_decay if config.l2_sp else None,
-        )
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD
         optimizer_kwargs["momentum"] = config.momentum
@@ -495,16 +550,22 @@ def make_skorch_net(module, criterion, config, *, callbacks=(), train_split=None
     # DataLoader workers (decoding, augmentation) are seeded by torch from a draw of the
     # generator, itself seeded from random_state: fits stay reproducible.
     generator = torch.Generator().manual_seed(config.seed)
+    # the head at lr, earlier stages at lr x layer_decay**depth; with L2-SP the stages are
+    # pulled towards their starting weights and weight decay applies to the head only
+    groups = {"l2_sp": config.l2_sp, "layer_decay": config.layer_decay,
+              "head_weight_decay": config.weight_decay if config.l2_sp else None}
     cls, extra = _TransferSkorchNet, {"device": config.device, "precision": config.precision,
-                                      "l2_sp": config.l2_sp}
+                                      **groups}
     if config.accelerator is not None:
         # accelerate places the model and batches and runs the mixed precision itself
         cls, extra = _AcceleratedSkorchNet, {"accelerator": config.accelerator, "device": None,
-                                             "l2_sp": config.l2_sp}
+                                             **groups}
         # the epoch table from the main process only, and only with verbose
         extra["callbacks__print_log__sink"] = (
             config.accelerator.print if config.verbose else print
         )
+    if net_class is not None:
+        cls, extra = net_class, {**extra, **(net_kwargs or {})}
     return cls(
         module=module,
         criterion=criterion,
@@ -534,11 +595,8 @@ def run_training(skorch_net, dataset, *, batch_size):
     A Ctrl-C before the first epoch completed, and BatchNorm's error on a batch of one sample,
     become errors that say what to do.
     """
-    interrupted = False
     try:
         skorch_net.fit(dataset, None)
-    except _Interrupted:
-        interrupted = True
     except ValueError as exc:
         if "Expected more than 1 value per channel" not in str(exc):
             raise
@@ -548,6 +606,7 @@ def run_training(skorch_net, dataset, *, batch_size):
             "BatchNorm cannot train on 1 sample. Use batch_size >= 2, larger images "
             "(input_size=...), or freeze the stages with BatchNorm (freeze_depth=...)."
         ) from None
+    interrupted = bool(getattr(skorch_net, "interrupted_", False))
     if interrupted and len(skorch_net.history) == 0:
         raise KeyboardInterrupt(
             "Training interrupted by user before the first epoch completed; the estimator "

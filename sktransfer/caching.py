@@ -173,7 +173,8 @@ def cache_info():
     >>> X = np.random.RandomState(0).rand(20, 16, 16, 3).astype(np.float32)
     >>> for lr in (0.1, 0.01):
     ...     _ = TransferClassifier("test_cnn", weights=None, freeze_depth=2, lr=lr,
-    ...                            max_epochs=3, random_state=0).fit(X, [0, 1] * 10)
+    ...                            head_init="random", max_epochs=3,
+    ...                            random_state=0).fit(X, [0, 1] * 10)
     >>> cache_info()["computed"], cache_info()["prefixes"]
     (20, 1)
     """

@@ -14,7 +14,8 @@ from sklearn.utils.validation import column_or_1d
 
 from ._base import TransferEstimatorMixin
 from ._compat import HasMethods, Interval, StrOptions, _fit_context
-from ._semi_supervised import fit_semi_supervised, refuse_unlabeled_marker
+from ._domain import fit_with_unlabeled
+from ._semi_supervised import refuse_unlabeled_marker
 
 __all__ = ["TransferClassifier"]
 
@@ -35,10 +36,13 @@ class WeightedCrossEntropy(torch.nn.Module):
             self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float32))
 
     def forward(self, logits, target):
+        # the weight of each sample's class scales its whole (smoothed) loss; torch's
+        # ``weight=`` would also weight each class's share of the smoothing term
         losses = torch.nn.functional.cross_entropy(
-            logits, target, weight=self.weight, reduction="none",
-            label_smoothing=self.label_smoothing,
+            logits, target, reduction="none", label_smoothing=self.label_smoothing,
         )
+        if self.weight is not None:
+            losses = losses * self.weight[target]
         return losses.mean()
 
 
@@ -73,9 +77,13 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         head dropped), or ``None`` for random initialisation.
     freeze_depth : int, "auto" or "all", default="auto"
         ``k >= 0`` freezes the first ``k`` stages (0 fine-tunes everything); ``-k`` trains only
-        the last ``k`` stages; ``"all"`` trains the new head alone (a linear probe);
-        ``"auto"`` freezes the first third of the stages, rounded down (3 of
-        EfficientNet-Lite0's 9), where the most general features are.
+        the last ``k`` stages; ``"all"`` trains the new head alone (a linear probe).
+        ``"auto"`` adapts to the data: with fewer than 50 labels per class (a regressor:
+        500 rows) every stage is frozen and the model is a linear probe on the pretrained
+        features; with more, the second half of the stages is fine-tuned from the probe
+        (LP-FT) on 80 % of the rows, and kept only if they beat the probe on the other 20 % by
+        2 rows at least (else the model is the probe, refitted on every row). The choice is in
+        ``freeze_depth_`` (see the user guide, "How much data do I need?").
     lr : float or "auto", default=0.05
         Learning rate of the new head (the peak rate with a schedule). ``"auto"`` runs a
         learning-rate range test on the training data first (as fastai's ``lr_find``, on a
@@ -92,13 +100,14 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         Discriminative learning rates: the trainable stages, counting back from the head, get
         ``lr x layer_decay ** i`` (the last stage ``i = 1``), as timm's layer decay over the
         stages that ``freeze_depth`` counts. 1.0 trains every stage at ``lr``.
-    head_init : {"random", "linear_probe"}, default="random"
+    head_init : {"auto", "random", "linear_probe"}, default="auto"
         How the new head starts. ``"linear_probe"`` fits a linear model (multinomial logistic
         regression, ridge for the regressor) on the frozen pretrained features of the training
         images first and starts from it (LP-FT, Kumar et al. 2022), so the first gradients
         do not reach the pretrained stages at full strength. The features come from the
         activation cache. With ``freeze_depth="all"`` the probe is the trained head: no
         epoch runs.
+        ``"auto"`` is ``"linear_probe"`` (``head_init_``).
     momentum : float, default=0.9
         SGD momentum (for ``optimizer="adamw"``: the first Adam beta).
     optimizer : {"sgd", "adamw"}, default="sgd"
@@ -109,8 +118,10 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         Strength of L2-SP (Li et al. 2018): a penalty ``l2_sp / 2 x ||w - w0||^2`` that pulls
         the trained stages' weights towards those they started from (the pretrained ones)
         instead of towards 0. When it is on, ``weight_decay`` applies to the head only.
-    max_epochs : int, default=12
-        Passes over the training data.
+    max_epochs : int or "auto", default="auto"
+        Passes over the training data. ``"auto"`` gives fine-tuning a budget of about 160
+        optimizer steps, as 3 to 12 epochs (``max_epochs_``; 0 when the model is the linear
+        probe and no epoch runs).
     batch_size : int, default=32
         Samples per optimiser step.
     input_size : int or None, default=None
@@ -183,10 +194,14 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         0 does it in the main process. Useful with image files. A callable ``augment`` must
         then be picklable; with augmentation, results depend on ``num_workers``.
     random_state : int, RandomState instance or None, default=None
-        Seeds head initialisation, shuffling and splits. Fits with the same value are
-        bitwise identical on CPU.
+        Seeds head initialisation, shuffling, splits, dropout and augmentation (a callable
+        ``augment`` drawing from numpy or ``random`` too). Fits with the same value are
+        bitwise identical on CPU. The global generators are left as found; fits run in
+        threads of one process share torch's, so run parallel searches in processes
+        (joblib's default backend) to keep them reproducible.
     verbose : int, default=0
-        0 is silent, 1 prints the epoch table, 2 adds a progress bar.
+        0 is silent, 1 prints what the ``"auto"`` values became and the epoch table, 2 adds a
+        progress bar.
     callbacks : list or None, default=None
         Extra skorch callbacks (instances or ``(name, callback)`` tuples).
     warm_start : bool, default=False
@@ -194,21 +209,42 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
     tta : bool, default=False
         Test-time augmentation: ``predict``, ``predict_proba`` and ``score`` average over the
         images as given and flipped left-right (twice the prediction time).
-    unlabeled : {"contrastive", "autoencoder"}, pretrainer or None, default=None
-        Semi-supervised fitting: rows of y labelled -1 (scikit-learn's marker of unlabeled
-        samples, as in :mod:`sklearn.semi_supervised`) are unlabeled. ``fit`` then runs stage
+    unlabeled : {"coral", "mcc", "dann", "contrastive", "autoencoder"}, pretrainer or None, \
+            default=None
+        What the unlabeled rows of ``fit`` are for: rows of y labelled -1 (scikit-learn's
+        marker of unlabeled samples, as in :mod:`sklearn.semi_supervised`, and skada's), and
+        the rows that ``sample_domain`` puts in a target domain (negative values).
+
+        Domain adaptation (the unlabeled rows are images of the domain to predict, whose
+        look differs from the labeled ones'; see the user guide, "Adapting to another
+        domain"): ``"coral"`` (Deep CORAL: the covariances of the backbone's pooled
+        features made alike), ``"mcc"`` (Minimum Class Confusion of the predictions on the
+        unlabeled rows) or ``"dann"`` (a domain discriminator trained against the backbone
+        through gradient reversal). Each training batch of labeled rows is joined by as many
+        unlabeled rows; ``unlabeled_weight`` sets the strength. The frozen stages' outputs
+        of all rows are cached as usual. ``freeze_depth="auto"`` then always fine-tunes the
+        last stages.
+
+        Semi-supervised pretraining: ``fit`` runs stage
         one, self-supervised pretraining of the backbone on every row of X (starting from
         ``weights``; see :mod:`sktransfer.pretraining`), and fine-tunes the pretrained
         backbone on the labeled rows. ``"contrastive"`` and ``"autoencoder"`` use
         :class:`~sktransfer.pretraining.ContrastivePretrainer` or
-        :class:`~sktransfer.pretraining.AutoencoderPretrainer` with their defaults and
-        ``max_epochs``; a pretrainer instance sets stage one's own hyperparameters (its
+        :class:`~sktransfer.pretraining.AutoencoderPretrainer` with their defaults (and
+        this classifier's ``max_epochs`` unless it is ``"auto"``); a pretrainer instance
+        sets stage one's own hyperparameters (its
         ``backbone``, ``weights``, ``input_size``, ``image_shape``, ``grayscale`` and
         ``device`` are this classifier's, so the stages fit). With ``warm_start`` and a
         previous fit, stage one is skipped. ``None``: every row is
         labeled, and integer (or integral float) y holding -1 beside two or more other
         labels is refused with a ``ValueError`` rather than -1 taken for a class (binary
         ``{-1, 1}`` labels are classes as usual).
+    unlabeled_weight : float, default=1.0
+        Strength of the domain adaptation: the training loss is the labeled rows'
+        cross-entropy plus ``unlabeled_weight`` times the adaptation loss (for ``"dann"``,
+        the weight of the reversed gradient, ramped up from 0 over the fit). Choose it
+        without target labels with the scorers of :mod:`sktransfer.adaptation`. Unused
+        unless ``unlabeled`` is an adaptation method.
 
     Attributes
     ----------
@@ -230,6 +266,19 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         Per-epoch ``train_loss`` (and ``valid_loss``, ``valid_acc`` with early stopping).
     n_iter_ : int
         Epochs run.
+    freeze_depth_ : int or "all"
+        The ``freeze_depth`` trained with: ``freeze_depth``, or what ``"auto"`` chose.
+    head_init_ : str
+        The ``head_init`` trained with: ``head_init``, or what ``"auto"`` chose.
+    max_epochs_ : int
+        The ``max_epochs`` trained with: ``max_epochs``, or what ``"auto"`` chose (0: no
+        epoch, the model is the linear probe).
+    selection_scores_ : dict or None
+        When ``freeze_depth="auto"`` fine-tuned and compared: the held-out scores of the
+        linear probe and of the fine-tuned network (accuracy; a regressor: minus the mean
+        squared error of the scaled targets), ``{"linear_probe": ..., "fine_tuned": ...}``.
+        The fine-tuned network is kept only if its score is higher by 2 held-out rows'
+        worth. ``None`` otherwise.
     lr_ : float or None
         The learning rate trained with: ``lr``, or the range test's suggestion for
         ``lr="auto"``; ``None`` when no epoch ran (``head_init="linear_probe"`` with
@@ -277,9 +326,12 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         **TransferEstimatorMixin._parameter_constraints,
         "class_weight": [dict, StrOptions({"balanced"}), None],
         "label_smoothing": [Interval(numbers.Real, 0, 1, closed="left")],
-        "unlabeled": [StrOptions({"contrastive", "autoencoder"}),
+        "unlabeled": [StrOptions({"contrastive", "autoencoder", "coral", "mcc", "dann"}),
                       HasMethods(["fit", "transform", "save_weights"]), None],
+        "unlabeled_weight": [Interval(numbers.Real, 0, None, closed="left")],
     }
+    # sample_domain reaches fit when metadata routing is on, without set_fit_request
+    __metadata_request__fit = {"sample_domain": True}
     _persisted = {**TransferEstimatorMixin._persisted, "classes_": "labels"}
     _is_classifier = True
 
@@ -292,12 +344,12 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         lr=0.05,
         lr_schedule="cosine",
         layer_decay=1.0,
-        head_init="random",
+        head_init="auto",
         momentum=0.9,
         optimizer="sgd",
         weight_decay=0.0,
         l2_sp=0.01,
-        max_epochs=12,
+        max_epochs="auto",
         batch_size=32,
         input_size=None,
         image_shape=None,
@@ -322,6 +374,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         warm_start=False,
         tta=False,
         unlabeled=None,
+        unlabeled_weight=1.0,
     ):
         self.backbone = backbone
         self.weights = weights
@@ -359,6 +412,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         self.warm_start = warm_start
         self.tta = tta
         self.unlabeled = unlabeled
+        self.unlabeled_weight = unlabeled_weight
 
     # -- labels ---------------------------------------------------------------------------
 
@@ -421,7 +475,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
     # -- public API -----------------------------------------------------------------------
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_domain=None):
         """Fine-tune on images (or vectors) X and labels y.
 
         Parameters
@@ -430,6 +484,13 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
             Images ``(N, H, W, C)``, ``(N, C, H, W)`` or ``(N, H, W)``; or ``(N, F)`` vectors.
         y : array-like of shape (n_samples,)
             Labels of any type. With ``unlabeled`` set, -1 marks the unlabeled rows.
+        sample_domain : array-like of shape (n_samples,) or None, default=None
+            The domain of each row (skada's convention): a positive integer for a source
+            domain, a negative one for a target domain, whose rows count as unlabeled
+            whatever y holds. ``None``: the rows labelled -1 are the target domain. Routed
+            to ``fit`` by scikit-learn's metadata routing when it is on (requested by
+            default); passed as a fit parameter otherwise (``GridSearchCV.fit(X, y,
+            sample_domain=...)``).
 
         Returns
         -------
@@ -455,17 +516,17 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         >>> clf.classes_.tolist(), clf.weights_.startswith("ContrastivePretrainer on 20 rows")
         ([0, 1, 2], True)
         """
-        if self.unlabeled is None:
-            return self._fit(X, y)
-        return fit_semi_supervised(self, X, y)
+        return fit_with_unlabeled(self, X, y, sample_domain)
 
-    def predict_proba(self, X):
+    def predict_proba(self, X, sample_domain=None):
         """Class probabilities, columns in the order of ``classes_``.
 
         Parameters
         ----------
         X : array-like
             Inputs shaped like those given to ``fit``.
+        sample_domain : array-like or None, default=None
+            Ignored: accepted for domain-aware scorers (skada's) that pass it.
 
         Returns
         -------
@@ -486,13 +547,15 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         logits = torch.from_numpy(self._forward(X)).double()
         return torch.softmax(logits, dim=2).mean(0).numpy()
 
-    def predict_log_proba(self, X):
+    def predict_log_proba(self, X, sample_domain=None):
         """Log of :meth:`predict_proba`, computed without underflow.
 
         Parameters
         ----------
         X : array-like
             Inputs shaped like those given to ``fit``.
+        sample_domain : array-like or None, default=None
+            Ignored: accepted for domain-aware scorers (skada's) that pass it.
 
         Returns
         -------
@@ -515,13 +578,15 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         log_proba = torch.log_softmax(logits, dim=2)
         return (torch.logsumexp(log_proba, dim=0) - np.log(len(log_proba))).numpy()
 
-    def predict(self, X):
+    def predict(self, X, sample_domain=None):
         """Predicted labels, from ``classes_``.
 
         Parameters
         ----------
         X : array-like
             Inputs shaped like those given to ``fit``.
+        sample_domain : array-like or None, default=None
+            Ignored: accepted for domain-aware scorers (skada's) that pass it.
 
         Returns
         -------

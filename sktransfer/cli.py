@@ -326,15 +326,16 @@ def _add_training_options(fit):
     fit.add_argument(
         "--freeze-depth", type=_int_or_text, default=None,
         help="k >= 0 freezes the first k stages, -k trains the last k, 'all' trains the new "
-        "head only, 'auto' freezes the first third (default: TransferClassifier's)",
+        "head only, 'auto' adapts to the labels per class (default: TransferClassifier's)",
     )
     fit.add_argument("--lr", type=_float_or_text, default=None,
                      help="learning rate, or 'auto' for a range test (default: "
                      "TransferClassifier's)")
     fit.add_argument("--momentum", type=float, default=None,
                      help="SGD momentum (default: TransferClassifier's)")
-    fit.add_argument("--epochs", type=int, default=None,
-                     help="passes over the data (default: TransferClassifier's max_epochs)")
+    fit.add_argument("--epochs", type=_int_or_text, default=None,
+                     help="passes over the data, or 'auto' (default: TransferClassifier's "
+                     "max_epochs)")
     fit.add_argument("--batch-size", type=int, default=None,
                      help="images per step (default: TransferClassifier's)")
     fit.add_argument(

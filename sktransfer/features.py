@@ -11,7 +11,12 @@ from . import caching
 from ._compat import StrOptions, _fit_context
 from ._data import make_source
 from ._estimator import _BACKBONE_CONSTRAINTS, BackboneEstimatorMixin
-from ._runtime import preserved_global_state, resolve_device, seeded_global_state
+from ._runtime import (
+    batched_features,
+    preserved_global_state,
+    resolve_device,
+    seeded_global_state,
+)
 from ._training import amp_context, check_precision, inference_precision
 
 __all__ = ["TransferFeatures"]
@@ -269,16 +274,9 @@ class TransferFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Backbo
                     batch_size=self.batch_size, memory=self._memory(),
                 )
             if acts is not None:
-                out = _pool(acts, self.pooling)
-            else:
-                out = torch.cat([
-                    _pool(net.prefix(src.batch(idx).to(self.device_), depth), self.pooling)
-                    .float().cpu()
-                    for idx in np.array_split(
-                        np.arange(len(src)), max(1, -(-len(src) // self.batch_size))
-                    )
-                ])
-            return out.numpy()
+                return _pool(acts, self.pooling).numpy()
+            return batched_features(lambda x: _pool(net.prefix(x, depth), self.pooling), src,
+                                    self.device_, self.batch_size)
 
     @property
     def _n_features_out(self):

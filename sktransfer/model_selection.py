@@ -217,7 +217,8 @@ class _ResumingHalvingMixin:
         >>> from sktransfer.model_selection import HalvingGridSearchCV
         >>> X = np.random.RandomState(0).rand(30, 16, 16, 3).astype(np.float32)
         >>> y = np.array([0, 1, 2] * 10)
-        >>> clf = TransferClassifier("test_cnn", weights=None, max_epochs=3, random_state=0)
+        >>> clf = TransferClassifier("test_cnn", weights=None, max_epochs=3, freeze_depth=1,
+        ...                          random_state=0)
         >>> search = HalvingGridSearchCV(clf, {"lr": [0.1, 0.01, 0.001]}, cv=2).fit(X, y)
         >>> search.n_resources_, search.best_estimator_.n_iter_
         ([1, 3], 3)

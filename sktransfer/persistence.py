@@ -244,6 +244,9 @@ def _read_fitted(cls, fitted):
     if not isinstance(fitted, dict):
         raise ConfigError("'fitted' must be an object or null")
     schema = cls._persisted
+    # attributes added since a file was written are absent from it: read as None
+    added = getattr(cls, "_persisted_added", frozenset())
+    fitted = {**{attr: None for attr in added if attr not in fitted}, **fitted}
     if set(fitted) != set(schema):
         raise ConfigError(
             f"fitted attributes {sorted(fitted)} differ from those of {cls.__name__}: "

@@ -128,7 +128,8 @@ def plot_learning_curves(estimator_or_history, ax=None):
     >>> from sktransfer import TransferClassifier
     >>> X = np.random.RandomState(0).rand(40, 16, 16, 3).astype(np.float32)
     >>> y = np.array(["cat", "dog"] * 20)
-    >>> clf = TransferClassifier("test_cnn", weights=None, max_epochs=3, random_state=0)
+    >>> clf = TransferClassifier("test_cnn", weights=None, freeze_depth=1, max_epochs=3,
+    ...                          random_state=0)
     >>> ax = plot_learning_curves(clf.fit(X, y))
     >>> ax.get_lines()[0].get_xdata().tolist()
     [1, 2, 3]
@@ -192,7 +193,7 @@ def plot_lr_range_test(estimator, ax=None):
     >>> X = np.random.RandomState(0).rand(40, 16, 16, 3).astype(np.float32)
     >>> y = np.array([0, 1] * 20)
     >>> clf = TransferClassifier("test_cnn", weights=None, lr="auto", max_epochs=1,
-    ...                          random_state=0).fit(X, y)
+    ...                          freeze_depth=1, random_state=0).fit(X, y)
     >>> ax = plot_lr_range_test(clf)
     >>> ax.get_xscale(), len(ax.get_lines()[0].get_xdata()) == len(clf.lr_range_test_["lr"])
     ('log', True)

@@ -45,12 +45,12 @@ from ._pretext import (
     attach_projection_head,
 )
 from ._runtime import (
-    batched_forward,
+    batched_features,
     check_finite_output,
     preserved_global_state,
-    seeded_global_state,
     resolve_device,
     seed_from,
+    seeded_global_state,
 )
 from ._state_codec import encode_estimator
 from ._training import (
@@ -212,7 +212,7 @@ class _Pretrainer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BackboneEst
         net = self.module_
         net.eval()
         with preserved_global_state(self.device_):
-            return check_finite_output(batched_forward(
+            return check_finite_output(batched_features(
                 net.features, make_source(X, self.input_spec_), self.device_,
                 max(int(self.batch_size), 64), pad=self.input_spec_.kind == "vector",
             ))

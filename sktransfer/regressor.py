@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
@@ -9,7 +11,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 
 from ._base import TransferEstimatorMixin
-from ._compat import _fit_context
+from ._compat import Interval, StrOptions, _fit_context
+from ._domain import fit_with_unlabeled
 
 __all__ = ["TransferRegressor"]
 
@@ -28,15 +31,23 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
     weights : str, path-like or None, default="DEFAULT"
         Pretrained weights (see :class:`TransferClassifier`).
     freeze_depth : int, "auto" or "all", default="auto"
-        Frozen stages (see :class:`TransferClassifier`).
+        ``k >= 0`` freezes the first ``k`` stages (0 fine-tunes everything); ``-k`` trains only
+        the last ``k`` stages; ``"all"`` trains the new head alone (a linear probe).
+        ``"auto"`` adapts to the data: with fewer than 50 labels per class (a regressor:
+        500 rows) every stage is frozen and the model is a linear probe on the pretrained
+        features; with more, the second half of the stages is fine-tuned from the probe
+        (LP-FT) on 80 % of the rows, and kept only if they beat the probe on the other 20 % by
+        2 rows at least (else the model is the probe, refitted on every row). The choice is in
+        ``freeze_depth_`` (see the user guide, "How much data do I need?").
     lr : float or "auto", default=0.05
         Learning rate; ``"auto"`` runs a range test first (see :class:`TransferClassifier`).
     lr_schedule : {"constant", "cosine", "onecycle"}, default="cosine"
         Learning-rate schedule over the epochs (see :class:`TransferClassifier`).
     layer_decay : float in (0, 1], default=1.0
         Per-stage learning-rate decay, counting back from the head.
-    head_init : {"random", "linear_probe"}, default="random"
+    head_init : {"auto", "random", "linear_probe"}, default="auto"
         ``"linear_probe"`` starts from a ridge regression fitted on the frozen features.
+        ``"auto"`` is ``"linear_probe"`` (``head_init_``).
     momentum : float, default=0.9
         SGD momentum.
     optimizer : {"sgd", "adamw"}, default="sgd"
@@ -46,8 +57,10 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
     l2_sp : float, default=0.01
         Pull of the trained stages towards their pretrained weights (L2-SP); when on,
         ``weight_decay`` applies to the head only.
-    max_epochs : int, default=12
-        Passes over the training data.
+    max_epochs : int or "auto", default="auto"
+        Passes over the training data. ``"auto"`` gives fine-tuning a budget of about 160
+        optimizer steps, as 3 to 12 epochs (``max_epochs_``; 0 when the model is the linear
+        probe and no epoch runs).
     batch_size : int, default=32
         Samples per optimiser step.
     input_size : int or None, default=None
@@ -84,15 +97,23 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
     num_workers : int, default=0
         DataLoader worker processes decoding and augmenting batches.
     random_state : int, RandomState instance or None, default=None
-        Seed of initialisation and shuffling.
+        Seed of initialisation, shuffling, dropout and augmentation; the global generators
+        are left as found (fits in threads of one process share torch's: run parallel
+        searches in processes to keep them reproducible).
     verbose : int, default=0
-        0 silent, 1 epoch table, 2 progress bar.
+        0 silent, 1 what the ``"auto"`` values became and the epoch table, 2 progress bar.
     callbacks : list or None, default=None
         Extra skorch callbacks.
     warm_start : bool, default=False
         Continue from the previous fit.
     tta : bool, default=False
         Average predictions over the images and their left-right flips.
+    unlabeled : {"coral", "dann"} or None, default=None
+        What the unlabeled rows of ``fit`` (y NaN, or ``sample_domain`` negative) are for:
+        domain adaptation to them, by Deep CORAL or a domain discriminator (see
+        :class:`TransferClassifier`). ``None``: NaN in y is refused.
+    unlabeled_weight : float, default=1.0
+        Strength of the domain adaptation (see :class:`TransferClassifier`).
 
     Attributes
     ----------
@@ -114,6 +135,19 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         Per-epoch losses (on standardised targets).
     n_iter_ : int
         Epochs run.
+    freeze_depth_ : int or "all"
+        The ``freeze_depth`` trained with: ``freeze_depth``, or what ``"auto"`` chose.
+    head_init_ : str
+        The ``head_init`` trained with: ``head_init``, or what ``"auto"`` chose.
+    max_epochs_ : int
+        The ``max_epochs`` trained with: ``max_epochs``, or what ``"auto"`` chose (0: no
+        epoch, the model is the linear probe).
+    selection_scores_ : dict or None
+        When ``freeze_depth="auto"`` fine-tuned and compared: the held-out scores of the
+        linear probe and of the fine-tuned network (accuracy; a regressor: minus the mean
+        squared error of the scaled targets), ``{"linear_probe": ..., "fine_tuned": ...}``.
+        The fine-tuned network is kept only if its score is higher by 2 held-out rows'
+        worth. ``None`` otherwise.
     lr_ : float or None
         The learning rate trained with (``None`` when no epoch ran).
     lr_range_test_ : dict or None
@@ -154,6 +188,13 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
     (2,)
     """
 
+    _parameter_constraints = {
+        **TransferEstimatorMixin._parameter_constraints,
+        "unlabeled": [StrOptions({"coral", "dann"}), None],
+        "unlabeled_weight": [Interval(numbers.Real, 0, None, closed="left")],
+    }
+    # sample_domain reaches fit when metadata routing is on, without set_fit_request
+    __metadata_request__fit = {"sample_domain": True}
     _persisted = {
         **TransferEstimatorMixin._persisted,
         "n_outputs_": "positive",
@@ -170,12 +211,12 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         lr=0.05,
         lr_schedule="cosine",
         layer_decay=1.0,
-        head_init="random",
+        head_init="auto",
         momentum=0.9,
         optimizer="sgd",
         weight_decay=0.0,
         l2_sp=0.01,
-        max_epochs=12,
+        max_epochs="auto",
         batch_size=32,
         input_size=None,
         image_shape=None,
@@ -197,6 +238,8 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         callbacks=None,
         warm_start=False,
         tta=False,
+        unlabeled=None,
+        unlabeled_weight=1.0,
     ):
         self.backbone = backbone
         self.weights = weights
@@ -231,6 +274,8 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         self.callbacks = callbacks
         self.warm_start = warm_start
         self.tta = tta
+        self.unlabeled = unlabeled
+        self.unlabeled_weight = unlabeled_weight
 
     def _encode_y(self, y, n_samples):
         y = np.asarray(y) if not hasattr(y, "to_numpy") else y.to_numpy()
@@ -249,6 +294,13 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
                 f"{len(y)}]"
             )
         y = y.astype(np.float64)
+        if np.isnan(y).any():
+            raise ValueError(
+                "Input y contains NaN or infinity (NaN in "
+                f"{int(np.isnan(y).any(axis=-1).sum())} row(s)). NaN "
+                "marks unlabeled rows: to adapt the model to them (images of the domain to "
+                "predict) pass unlabeled='coral'; otherwise drop those rows."
+            )
         if not np.all(np.isfinite(y)):
             raise ValueError("Input y contains NaN or infinity.")
         y2 = y.reshape(len(y), -1)
@@ -274,7 +326,7 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         return torch.nn.MSELoss
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_domain=None):
         """Fine-tune on X and continuous targets y.
 
         Parameters
@@ -282,7 +334,10 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         X : array-like
             Images or vectors, as for :class:`TransferClassifier`.
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
-            Targets.
+            Targets; with ``unlabeled`` set, NaN marks the unlabeled rows.
+        sample_domain : array-like of shape (n_samples,) or None, default=None
+            The domain of each row: positive for a source domain, negative for a target
+            domain (unlabeled); see :meth:`TransferClassifier.fit`.
 
         Returns
         -------
@@ -295,12 +350,12 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         >>> from sktransfer import TransferRegressor
         >>> X = np.random.RandomState(0).rand(20, 16, 16, 3).astype(np.float32)
         >>> y = X.mean(axis=(1, 2, 3))
-        >>> reg = TransferRegressor("test_cnn", weights=None, max_epochs=2,
+        >>> reg = TransferRegressor("test_cnn", weights=None, max_epochs=2, freeze_depth=1,
         ...                         random_state=0).fit(X, y)
         >>> reg.n_outputs_, len(reg.history_), sorted(reg.history_[-1])[:3]
         (1, 2, ['dur', 'epoch', 'train_loss'])
         """
-        return self._fit(X, y)
+        return fit_with_unlabeled(self, X, y, sample_domain)
 
     def predict(self, X):
         """Predicted targets, shaped like ``y`` in ``fit``.

@@ -5,6 +5,7 @@ import importlib
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +13,7 @@ BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
                          "benchmarks")
 SCRIPTS = ["bench_head_only", "bench_grid_search", "bench_full_finetune", "bench_predict",
            "bench_memory", "bench_throughput", "bench_recipe", "bench_saliency",
-           "bench_pretraining", "bench_search"]
+           "bench_pretraining", "bench_data_size", "bench_adaptation", "bench_search"]
 
 
 @pytest.fixture
@@ -66,3 +67,37 @@ def test_depthwise_diagnosis_quick_run_prints_both_tables(bench, capsys):
     # every depthwise shape of Lite0 at 64 px: 2 groups run on maps no larger than their kernel
     assert layers.count("sktransfer's |") >= 4 and layers.count("PyTorch's |") >= 4
     assert "| 32 px |" in steps
+
+
+@pytest.mark.slow
+def test_data_size_caches_cells_and_draws_its_figure(bench, capsys, tmp_path):
+    module = bench("bench_data_size")
+    figure, results = tmp_path / "fig.png", tmp_path / "results"
+    argv = ["--quick", "--threads", "1", "--sizes", "5", "--arms", "defaults", "pixels",
+            "--arms-extra", '{"probe inside": {"freeze_depth": "all", '
+            '"head_init": "linear_probe"}}', "--results-dir", str(results),
+            "--figure", str(figure)]
+    first = module.main(argv)
+    out = capsys.readouterr().out
+    assert "| probe inside" in out and "3 measured in this run, 0 read from" in out
+    assert figure.exists() and figure.stat().st_size > 0
+    assert len(list(results.glob("*.json"))) == 3
+    second = module.main(argv)
+    out = capsys.readouterr().out
+    assert "0 measured in this run, 3 read from" in out
+    assert second == first
+
+
+def test_data_size_caps_sizes_at_the_pool_and_says_so(bench):
+    module = bench("bench_data_size")
+    X = np.broadcast_to(np.arange(30, dtype=np.uint8)[:, None, None], (30, 4, 4))
+    y = np.repeat([0, 1, 2], 10)
+    data = module.DataSet("toy", "toy", X, y, X[:3], y[:3], "toy")
+    sizes, note = module._sizes_for(data, [5, 10, 20, 50])
+    assert sizes == [5, 10] and "20, 50 per class not available" in note
+    X_train, y_train = data.train(5, seed=0)
+    assert np.bincount(y_train).tolist() == [5, 5, 5]
+    # nested per seed: the 5 per class of seed 0 are among its 10 per class
+    small, large = data.train(5, seed=3)[0][:, 0, 0], data.train(10, seed=3)[0][:, 0, 0]
+    assert set(small) < set(large) and len(set(large)) == 30
+    assert module._sizes_for(data, [5])[1] is None

@@ -32,6 +32,7 @@ def _documented_names():
 # Modules whose ``__all__`` is public API; the others (``sktransfer._*``) are internal.
 PUBLIC_MODULES = [
     "sktransfer",
+    "sktransfer.adaptation",
     "sktransfer.augment",
     "sktransfer.backbones",
     "sktransfer.caching",

@@ -63,13 +63,13 @@ def _image_case(shape, dtype, y, batch_size, freeze_depth):
 
 
 # a single class; or, for integer labels, -1 in every row: scikit-learn's marker of unlabeled
-# rows (CONTRACT.md: "all rows unlabeled" is refused, saying how to fit semi-supervised)
+# rows ("all rows unlabeled" is refused, saying how to fit semi-supervised)
 ONE_CLASS = r"only one class.*needs at least 2 classes|y holds -1 in every row.*unlabeled="
-# CONTRACT.md: BatchNorm on 1 sample "fit works, or ValueError saying '1 sample'"
+# BatchNorm on 1 sample: fit works, or a ValueError says "1 sample"
 ONE_SAMPLE_BATCHNORM = r"BatchNorm cannot train on 1 sample"
 
 
-# CONTRACT.md: integer y with -1 beside two or more other labels follows scikit-learn's
+# Integer y with -1 beside two or more other labels follows scikit-learn's
 # semi-supervised convention and is refused, naming the option (binary {-1, 1} are classes)
 UNLABELED = r"y holds -1 in .* beside the labels .*unlabeled="
 
@@ -103,11 +103,11 @@ def _check_fit_predict(est, X, y, *, may_refuse=None):
     assert est.classes_.tolist() == sorted(set(y.tolist()))
     pred = est.predict(X)
     assert pred.dtype == y.dtype
-    assert set(pred.tolist()) <= set(y.tolist())
     proba = est.predict_proba(X)
     assert proba.shape == (len(X), n_classes)
     assert np.isfinite(proba).all()
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(pred, est.classes_[proba.argmax(axis=1)])
     assert np.array_equal(est.classes_[proba.argmax(axis=1)], pred)
     return proba
 

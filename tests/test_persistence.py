@@ -36,7 +36,8 @@ def _vectors(n=24, seed=0):
 def fitted_cnn():
     X = _images()
     y = np.array(["cat", "dog", "emu"] * 8)
-    return TransferClassifier("test_cnn", **TINY).fit(X, y), X, y
+    trained = dict(freeze_depth=1, head_init="random")  # epochs run, whatever the data size
+    return TransferClassifier("test_cnn", **TINY, **trained).fit(X, y), X, y
 
 
 @pytest.fixture

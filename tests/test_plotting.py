@@ -65,7 +65,7 @@ def test_draws_on_given_axes():
 def test_fitted_classifier_history_is_plotted(tiny_images):
     X, y = tiny_images
     clf = TransferClassifier(
-        "test_cnn", weights=None, max_epochs=3, early_stopping=True,
+        "test_cnn", weights=None, max_epochs=3, early_stopping=True, freeze_depth=1,
         validation_fraction=0.25, n_iter_no_change=10, random_state=0,
     ).fit(X, y)
     ax = plot_learning_curves(clf)
@@ -88,7 +88,8 @@ def test_fitted_classifier_history_is_plotted(tiny_images):
 
 def test_fitted_regressor_has_no_accuracy(tiny_vectors):
     X, _ = tiny_vectors
-    reg = TransferRegressor("test_mlp", weights=None, max_epochs=2, random_state=0)
+    reg = TransferRegressor("test_mlp", weights=None, max_epochs=2, random_state=0,
+                            freeze_depth=0)
     ax = plot_learning_curves(reg.fit(X, X[:, 0]))
     np.testing.assert_allclose(
         _lines(ax)["train loss"].get_ydata(), [row["train_loss"] for row in reg.history_]

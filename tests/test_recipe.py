@@ -1,6 +1,7 @@
 """The training recipe: schedules, per-stage learning rates, the linear-probe head start, label
 smoothing, L2-SP, lr="auto" and test-time augmentation, on tiny backbones."""
 
+import copy
 import math
 import re
 import warnings
@@ -8,17 +9,22 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 from skorch.callbacks import Callback
 
 import sktransfer
 from sktransfer import TransferClassifier, TransferRegressor
 from sktransfer._compat import InvalidParameterError
-from sktransfer._recipe import PROBE_C
+from sktransfer._lr_finder import END_LR, NUM_IT, START_LR, STOP_DIV, steepest
+from sktransfer._recipe import PROBE_ABSENT_PROBA, PROBE_ALPHA, PROBE_C
 
 
 def _clf(**kw):
-    params = dict(weights=None, max_epochs=2, batch_size=8, random_state=0)
+    # a depth and a head that train whatever the data size ("auto" may pick the probe)
+    params = dict(weights=None, max_epochs=2, batch_size=8, random_state=0, freeze_depth=1,
+                  head_init="random")
     params.update(kw)
     return TransferClassifier("test_cnn", **params)
 
@@ -36,6 +42,27 @@ class _Record(Callback):
             self.lrs.append([g["lr"] for g in groups])
             self.moms.append(groups[-1]["momentum"])
             self.groups = [(len(g["params"]), g.get("weight_decay")) for g in groups]
+
+
+class _FirstBatch(Callback):
+    """Keeps a copy of the network as training starts, and the first training batch and its
+    loss."""
+
+    def on_train_begin(self, net, **kwargs):
+        self.start, self.batch, self.loss = copy.deepcopy(net.module_), None, None
+
+    def on_batch_end(self, net, batch=None, training=None, loss=None, **kwargs):
+        if training and self.loss is None:
+            self.batch, self.loss = batch, float(loss.detach())
+
+
+def _smoothed_cross_entropy(logits, y, eps):
+    """Label-smoothed cross-entropy by its formula: the mean over samples of
+    -(1 - eps) log p(y) - eps / C sum_c log p(c)."""
+    logp = torch.log_softmax(logits.double(), dim=1).numpy()
+    y = np.asarray(y)
+    return float(np.mean(-(1 - eps) * logp[np.arange(len(y)), y]
+                         - eps / logp.shape[1] * logp.sum(axis=1)))
 
 
 # -- schedules ----------------------------------------------------------------------------------
@@ -144,7 +171,7 @@ def test_linear_probe_start_is_where_fine_tuning_begins(tiny_images):
     rec = _Record()
     clf = _clf(freeze_depth=1, head_init="linear_probe", callbacks=[("rec", rec)]).fit(X, y)
     random = _Record()
-    _clf(freeze_depth=1, callbacks=[("rec", random)]).fit(X, y)
+    _clf(freeze_depth=1, head_init="random", callbacks=[("rec", random)]).fit(X, y)
     assert not torch.equal(rec.head, random.head)
     probe = _clf(freeze_depth="all", head_init="linear_probe").fit(X, y)
     torch.testing.assert_close(rec.head, probe.module_.head.weight.detach(), atol=1e-5, rtol=0)
@@ -152,22 +179,65 @@ def test_linear_probe_start_is_where_fine_tuning_begins(tiny_images):
 
 
 def test_linear_probe_start_for_the_regressor_is_ridge(tiny_vectors):
-    X, y = tiny_vectors
+    X, _ = tiny_vectors
+    y = X[:, 0] * 3 + 10
     reg = TransferRegressor("test_mlp", weights=None, freeze_depth="all",
-                            head_init="linear_probe", random_state=0).fit(X, X[:, 0] * 3)
+                            head_init="linear_probe", random_state=0).fit(X, y)
     assert reg.n_iter_ == 0
-    assert np.corrcoef(reg.predict(X), X[:, 0])[0, 1] > 0.9
+    # ridge on the regressor's own (random) features, targets scaled as the regressor scales them
+    with torch.no_grad():
+        F = reg.module_.features(torch.as_tensor(X)).double().numpy()
+    scaler = make_pipeline(MaxAbsScaler(), StandardScaler()).fit(y[:, None])
+    ridge = Ridge(alpha=PROBE_ALPHA * len(X)).fit(F, scaler.transform(y[:, None]))
+    expected = scaler.inverse_transform(ridge.predict(F).reshape(-1, 1))[:, 0]
+    np.testing.assert_allclose(reg.predict(X), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_linear_probe_start_keeps_a_class_absent_from_training_unlikely_not_impossible(
+        tiny_vectors):
+    """A class whose one sample is held out for early stopping: the probe gives it at most
+    PROBE_ABSENT_PROBA on the training rows, and the smoothed loss starts at a normal size."""
+    X, y = tiny_vectors
+    y = y.copy()
+    y[7] = 2  # held out by the (unstratified) split of random_state=9
+    first = _FirstBatch()
+    with pytest.warns(UserWarning, match="validation split is not stratified"):
+        TransferClassifier("test_mlp", weights=None, head_init="linear_probe", freeze_depth=0,
+                           label_smoothing=0.1, early_stopping=True, validation_fraction=0.1,
+                           batch_size=64, max_epochs=1, cache=False, random_state=9,
+                           callbacks=[("first", first)]).fit(X, y)
+    xb, yb = first.batch
+    assert len(yb) == 54 and sorted(set(yb.tolist())) == [0, 1]
+    with torch.no_grad():
+        logits = first.start(xb)
+    assert first.loss == pytest.approx(_smoothed_cross_entropy(logits, yb, 0.1), rel=1e-5)
+    # the two present classes' share, plus 0.1 / 3 of -log(PROBE_ABSENT_PROBA) at most (a
+    # -1e4 logit would add 0.1 / 3 * 1e4)
+    assert first.loss < math.log(2) + 0.1 / 3 * -math.log(PROBE_ABSENT_PROBA)
+    absent = torch.softmax(logits.double(), dim=1)[:, 2]
+    assert float(absent.max()) == pytest.approx(PROBE_ABSENT_PROBA, rel=0.01)
 
 
 # -- label smoothing ----------------------------------------------------------------------------
 
 
-def test_label_smoothing_changes_the_loss_and_is_validated(tiny_images):
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_label_smoothing_gives_the_smoothed_cross_entropy(tiny_vectors, eps):
+    X, y = tiny_vectors
+    first = _FirstBatch()  # one batch of every row: its loss is that of the starting network
+    smooth = TransferClassifier("test_mlp", weights=None, max_epochs=1, batch_size=len(X),
+                                cache=False, label_smoothing=eps, random_state=0,
+                                freeze_depth=0, callbacks=[("first", first)]).fit(X, y)
+    assert smooth.net_.criterion_.label_smoothing == eps
+    xb, yb = first.batch
+    assert len(yb) == len(X)
+    with torch.no_grad():
+        logits = first.start(xb)
+    assert first.loss == pytest.approx(_smoothed_cross_entropy(logits, yb, eps), rel=1e-5)
+
+
+def test_label_smoothing_is_validated(tiny_images):
     X, y = tiny_images
-    plain = _clf(max_epochs=1).fit(X, y)
-    smooth = _clf(max_epochs=1, label_smoothing=0.2).fit(X, y)
-    assert smooth.net_.criterion_.label_smoothing == 0.2
-    assert smooth.history_[0]["train_loss"] != plain.history_[0]["train_loss"]
     with pytest.raises(InvalidParameterError, match="label_smoothing"):
         _clf(label_smoothing=1.0).fit(X, y)
 
@@ -178,9 +248,19 @@ def test_label_smoothing_changes_the_loss_and_is_validated(tiny_images):
 def test_lr_auto_chooses_a_rate_and_leaves_no_trace(tiny_images):
     X, y = tiny_images
     auto = _clf(lr="auto").fit(X, y)
-    curve = auto.lr_range_test_
-    assert 1e-7 <= auto.lr_ <= 10 and len(curve["lr"]) == len(curve["loss"]) >= 20
-    assert curve["lr"] == sorted(curve["lr"])
+    lrs, losses = auto.lr_range_test_["lr"], auto.lr_range_test_["loss"]
+    n = len(lrs)
+    assert len(losses) == n >= 20
+    # rates growing geometrically from START_LR, to END_LR at step NUM_IT
+    steps = np.arange(n) / (NUM_IT - 1)
+    np.testing.assert_allclose(lrs, START_LR * (END_LR / START_LR) ** steps, rtol=1e-9)
+    # run to NUM_IT steps, or stopped at the first smoothed loss above STOP_DIV x its minimum
+    assert all(loss <= STOP_DIV * min(losses[:i + 1]) for i, loss in enumerate(losses[:-1]))
+    assert n == NUM_IT or losses[-1] > STOP_DIV * min(losses)
+    # the suggestion: the steepest descent, the first tenth and the last 5 steps left out
+    skip = n // 10
+    end = n - 5 if n - skip > 10 else n
+    assert auto.lr_ == steepest(lrs[skip:end], losses[skip:end])
     # deterministic, and training then starts from the same network as with that rate given
     again = _clf(lr="auto").fit(X, y)
     assert again.lr_ == auto.lr_
@@ -191,9 +271,11 @@ def test_lr_auto_chooses_a_rate_and_leaves_no_trace(tiny_images):
 
 def test_lr_auto_is_reported_when_verbose(tiny_images, capsys):
     X, y = tiny_images
-    _clf(lr="auto", verbose=1, max_epochs=1).fit(X, y)
+    clf = _clf(lr="auto", verbose=1, max_epochs=1).fit(X, y)
     out = capsys.readouterr().out
-    assert re.search(r"range test of \d+ steps in [\d.]+ s suggests lr=", out)
+    steps = len(clf.lr_range_test_["lr"])
+    assert re.search(rf"lr='auto': range test of {steps} steps in [\d.]+ s suggests "
+                     rf"lr={re.escape(f'{clf.lr_:.3g}')}\n", out)
 
 
 def test_ctrl_c_in_the_range_test_leaves_the_estimator_unchanged(tiny_images, monkeypatch):
@@ -219,7 +301,7 @@ def test_ctrl_c_in_the_range_test_leaves_the_estimator_unchanged(tiny_images, mo
 def test_non_finite_loss_at_the_start_of_the_range_test_is_an_error(tiny_images):
     X, y = tiny_images
     with pytest.raises(FloatingPointError, match="range test"):
-        _clf(lr="auto").fit(X * np.float32(3e38), y)
+        _clf(lr="auto", head_init="random").fit(X * np.float32(3e38), y)
 
 
 # -- test-time augmentation ---------------------------------------------------------------------
@@ -288,7 +370,8 @@ def test_l2_sp_step_is_the_gradient_of_its_penalty(tiny_images):
     skorch_net._anchors = anchors
     batch = (torch.as_tensor(X[:8]), torch.as_tensor(y[:8]))
     skorch_net.optimizer_.zero_grad()
-    skorch_net.train_step_single(batch)
+    # what the optimizer step gets: the batch's gradients, then L2-SP's once
+    skorch_net._with_l2_sp(lambda: skorch_net.train_step_single(batch))()
     ours = [p.grad.clone() for p, _ in anchors]
     net.zero_grad()
     loss = torch.nn.functional.cross_entropy(net(batch[0]), batch[1])
@@ -305,7 +388,7 @@ def test_linear_probe_start_without_the_cache_stores_nothing(tiny_images):
     X, y = tiny_images
     caching.clear_cache()
     cached = _clf(freeze_depth="all", head_init="linear_probe").fit(X, y)
-    assert caching.cache_info()["nbytes"] > 0
+    assert caching.cache_info()["nbytes"] == len(X) * 16 * 4  # the 16 pooled float32 features
     caching.clear_cache()
     plain = _clf(freeze_depth="all", head_init="linear_probe", cache=False).fit(X, y)
     assert caching.cache_info()["nbytes"] == 0

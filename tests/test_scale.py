@@ -32,7 +32,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not ava
 
 
 def _clf(**kw):
-    params = dict(weights=None, max_epochs=2, batch_size=8, random_state=0, device="cpu")
+    params = dict(weights=None, max_epochs=2, batch_size=8, random_state=0, device="cpu",
+                  freeze_depth=1, head_init="random")  # trained, whatever the data size
     params.update(kw)
     return TransferClassifier("test_cnn", **params)
 
@@ -128,7 +129,8 @@ def test_float16_training_steps_through_a_gradient_scaler(tiny_vectors, monkeypa
 
     monkeypatch.setattr(torch.amp.GradScaler, "step", step)
     X, y = tiny_vectors
-    params = dict(weights=None, max_epochs=3, batch_size=20, random_state=0, device="cpu")
+    params = dict(weights=None, max_epochs=3, batch_size=20, random_state=0, device="cpu",
+                  freeze_depth=0, head_init="random")  # trained, whatever the data size
     full = TransferClassifier("test_mlp", **params).fit(X, y)
     half = TransferClassifier("test_mlp", precision="float16", **params).fit(X, y)
     assert len(steps) == 3 * 3 and steps[0] > 1  # every step, with the loss scaled up

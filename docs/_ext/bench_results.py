@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 PARTS = {"bench_pretraining": "pretraining_results.rst.inc",
+         "bench_data_size": "data_size_results.rst.inc",
          "bench_search": "search_results.rst.inc"}
 
 README = Path(__file__).resolve().parents[2] / "benchmarks" / "README.md"
@@ -49,8 +50,8 @@ def to_rst(markdown):
         if table:
             out += _table(table) + [""]
             table = []
-        if line.startswith("### "):
-            out.append(".. rubric:: " + inline(line[4:]))
+        if line.startswith(("### ", "#### ")):
+            out.append(".. rubric:: " + inline(line.split(" ", 1)[1]))
         else:
             out.append(inline(line))
     if table:

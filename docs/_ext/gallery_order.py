@@ -7,6 +7,7 @@ ORDER = [
     "plot_linear_probe_vs_finetuning.py",
     "plot_training_recipe.py",
     "plot_pretraining.py",
+    "plot_domain_adaptation.py",
     "plot_grid_search.py",
     "plot_regression.py",
     "plot_image_folder.py",
