@@ -3,10 +3,11 @@
 
 The rule, measured across data sizes in ``benchmarks/bench_data_size.py``:
 
-- Below :data:`PROBE_BELOW` labels per class, fine-tuning cannot beat a linear model on the
-  frozen pretrained features: a few optimizer steps on a handful of images move the backbone
-  away from features that were already right. The model is then that linear probe (every stage
-  frozen, the head fitted by logistic or ridge regression on the cached features, no epoch).
+- Below :data:`PROBE_BELOW` labels per class, the model is the linear probe on the frozen
+  pretrained features (every stage frozen, the head fitted by logistic or ridge regression on
+  the cached features, no epoch): a few optimizer steps on a handful of images move the
+  backbone away from features that are often already right, and a held-out fifth of fewer
+  than 4 images per class cannot tell where fine-tuning would help.
 - From there on, the second half of the stages (:data:`FROZEN_SHARE`) is fine-tuned, starting
   from the probe's head (LP-FT, Kumar et al. 2022), for a budget counted in optimizer steps
   (:data:`STEP_BUDGET`), not epochs: a schedule of a dozen steps on 50 images is no
@@ -39,7 +40,7 @@ __all__ = ["Resolved", "fine_tuned_score", "fine_tuning_frozen", "fine_tuning_wi
            "labels_per_class", "probe_score", "resolve_auto", "validation_split"]
 
 #: Labels per class under which the linear probe is the model.
-PROBE_BELOW = 50
+PROBE_BELOW = 20
 #: Optimizer steps of fine-tuning, and the bounds on the epochs they make.
 STEP_BUDGET = 160
 MIN_EPOCHS, MAX_EPOCHS = 3, 12

@@ -33,8 +33,8 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
     freeze_depth : int, "auto" or "all", default="auto"
         ``k >= 0`` freezes the first ``k`` stages (0 fine-tunes everything); ``-k`` trains only
         the last ``k`` stages; ``"all"`` trains the new head alone (a linear probe).
-        ``"auto"`` adapts to the data: with fewer than 50 labels per class (a regressor:
-        500 rows) every stage is frozen and the model is a linear probe on the pretrained
+        ``"auto"`` adapts to the data: with fewer than 20 labels per class (a regressor:
+        200 rows) every stage is frozen and the model is a linear probe on the pretrained
         features; with more, the second half of the stages is fine-tuned from the probe
         (LP-FT) on 80 % of the rows, and kept only if they beat the probe on the other 20 % by
         2 rows at least (else the model is the probe, refitted on every row). The choice is in
