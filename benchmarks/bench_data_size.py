@@ -12,7 +12,9 @@ RGB):
 * ``linear probe``: ``TransferFeatures(input_size=64)`` + ``LogisticRegression(max_iter=1000)``;
 * ``raw-pixel LR``: ``LogisticRegression(max_iter=1000)`` on the flattened pixels in [0, 1];
 * ``plain recipe``: the defaults before the recipe work (``PLAIN`` of ``bench_recipe.py``);
-* ``fastai fine_tune``: as in ``bench_recipe.py``, where fastai is installed;
+* ``fastai fine_tune``: as in ``bench_recipe.py``, where fastai is installed: one epoch of the
+  head, then ``FASTAI_EPOCHS - 1`` of the whole network, at up to ``FASTAI_MAX_PER_CLASS``
+  labels per class (its full fine-tune of 2,000 images costs minutes a seed on a CPU);
 * ``plain loop``: the plain PyTorch loop of the design document (every stage trained, SGD lr
   0.001 momentum 0.9, batch 32, 10 epochs), only in the cells named by ``--plain-cells``
   (Fashion-MNIST at 50 per class by default), for time;
@@ -74,6 +76,8 @@ SIZE = 64
 SIZES = (5, 10, 20, 50, 200)
 SEEDS = (0, 1, 2)
 PLAIN_LOOP_EPOCHS = 10
+#: fastai's fine_tune: epochs in all (as the plain loop's), and the sizes where it runs
+FASTAI_EPOCHS, FASTAI_MAX_PER_CLASS = 10, 50
 DEFAULT_RESULTS = os.path.join(HERE, "results", "bench_data_size")
 DEFAULT_FIGURE = os.path.join(os.path.dirname(HERE), "docs", "_static", "data_size.png")
 #: version of the data splits below: bump it when a split changes, so cached cells are redone
@@ -283,9 +287,8 @@ def _as_gray_uint8(X):
 
 
 def fit_fastai(data, X, y, seed):
-    epochs = TransferClassifier().max_epochs
     cpu = time.process_time()
-    acc, seconds = _bench_recipe().fit_fastai(epochs, _as_gray_uint8(X), y,
+    acc, seconds = _bench_recipe().fit_fastai(FASTAI_EPOCHS, _as_gray_uint8(X), y,
                                               _as_gray_uint8(data.X_test), data.y_test, seed)
     # fit_fastai times the fit alone; its CPU time here includes the test predictions
     return {"accuracy": acc, "seconds": seconds, "cpu_seconds": time.process_time() - cpu}
@@ -321,7 +324,7 @@ def arm_spec(arm, extra):
         params = {**TransferClassifier().get_params(), "input_size": SIZE, **extra[arm]}
         return {"TransferClassifier": {k: v for k, v in params.items() if k != "random_state"}}
     if arm == "fastai":
-        return {"fastai": TransferClassifier().max_epochs}
+        return {"fastai": FASTAI_EPOCHS}
     if arm == "loop":
         return {"plain loop": PLAIN_LOOP_EPOCHS}
     return {arm: SIZE}
@@ -542,7 +545,8 @@ def _run(args):
             for seed in seeds:
                 X, y = data.train(n, seed)
                 for arm in arms:
-                    if arm == "fastai" and (not fastai_ok or data.X_pool.ndim != 3):
+                    if arm == "fastai" and (not fastai_ok or data.X_pool.ndim != 3
+                                            or n > FASTAI_MAX_PER_CLASS):
                         continue
                     if arm == "loop" and ((name, n) not in plain_cells or not data.gray_uint8):
                         continue
@@ -675,7 +679,10 @@ def _targets(datasets, sizes, results, fastai_ok):
                      f"<= 3 s): {_pass(ok)}; " + ", ".join(f"{w} {t:.1f} s" for t, w in small))
     else:
         notes.append("(d) 20 training images, default fit time <= 3 s (target): not measured")
-    if not fastai_ok:
+    if fastai_ok:
+        notes.append(f"fastai fine_tune: {FASTAI_EPOCHS} epochs, measured at up to "
+                     f"{FASTAI_MAX_PER_CLASS} labels per class, on the grayscale data sets")
+    else:
         notes.append("fastai fine_tune: not measured (fastai is not installed: pip install "
                      "'sktransfer[bench]')")
     return notes, flags
