@@ -14,7 +14,8 @@ RGB):
 * ``plain recipe``: the defaults before the recipe work (``PLAIN`` of ``bench_recipe.py``);
 * ``fastai fine_tune``: as in ``bench_recipe.py``, where fastai is installed: one epoch of the
   head, then ``FASTAI_EPOCHS - 1`` of the whole network, at up to ``FASTAI_MAX_PER_CLASS``
-  labels per class (its full fine-tune of 2,000 images costs minutes a seed on a CPU);
+  labels per class (its full fine-tune of 2,000 images costs minutes a seed on a CPU), in
+  batches of up to 32 that keep every image (``small_data=True``);
 * ``plain loop``: the plain PyTorch loop of the design document (every stage trained, SGD lr
   0.001 momentum 0.9, batch 32, 10 epochs), only in the cells named by ``--plain-cells``
   (Fashion-MNIST at 50 per class by default), for time;
@@ -289,7 +290,8 @@ def _as_gray_uint8(X):
 def fit_fastai(data, X, y, seed):
     cpu = time.process_time()
     acc, seconds = _bench_recipe().fit_fastai(FASTAI_EPOCHS, _as_gray_uint8(X), y,
-                                              _as_gray_uint8(data.X_test), data.y_test, seed)
+                                              _as_gray_uint8(data.X_test), data.y_test, seed,
+                                              small_data=True)
     # fit_fastai times the fit alone; its CPU time here includes the test predictions
     return {"accuracy": acc, "seconds": seconds, "cpu_seconds": time.process_time() - cpu}
 
@@ -324,7 +326,7 @@ def arm_spec(arm, extra):
         params = {**TransferClassifier().get_params(), "input_size": SIZE, **extra[arm]}
         return {"TransferClassifier": {k: v for k, v in params.items() if k != "random_state"}}
     if arm == "fastai":
-        return {"fastai": FASTAI_EPOCHS}
+        return {"fastai": FASTAI_EPOCHS, "batches": "small_data"}
     if arm == "loop":
         return {"plain loop": PLAIN_LOOP_EPOCHS}
     return {arm: SIZE}

@@ -114,9 +114,12 @@ def fit_sktransfer(params, X, y, X_test, y_test, seed):
     return float(clf.score(X_test, y_test)), seconds
 
 
-def fit_fastai(epochs, X, y, X_test, y_test, seed):
+def fit_fastai(epochs, X, y, X_test, y_test, seed, *, small_data=False):
     """fastai's fine_tune on Lite0 with its ImageNet weights and a new head, fed the same
-    preprocessed batches as sktransfer (gray repeated to RGB, 64 px, mean = std = 0.5)."""
+    preprocessed batches as sktransfer (gray repeated to RGB, 64 px, mean = std = 0.5).
+    ``small_data``: batches of at most as many images as there are, and only a last batch of
+    one image dropped (batch normalisation cannot train on it), so that 10 images still make
+    a batch an epoch (fastai's ``drop_last=True`` would drop every image below 32)."""
     import fastai.callback.progress  # noqa: F401 - Learner.no_bar
     import fastai.callback.schedule  # noqa: F401 - Learner.fine_tune
     from fastai.data.core import DataLoaders
@@ -140,7 +143,9 @@ def fit_fastai(epochs, X, y, X_test, y_test, seed):
     body = [p for n, p in model.named_parameters() if not n.startswith("_fc")]
     start = time.perf_counter()
     train = list(zip(prepare(X), torch.as_tensor(y)))
-    dls = DataLoaders(DataLoader(train, bs=32, shuffle=True, drop_last=True),
+    bs = min(32, len(train)) if small_data else 32
+    drop_last = len(train) % bs == 1 if small_data else True
+    dls = DataLoaders(DataLoader(train, bs=bs, shuffle=True, drop_last=drop_last),
                       DataLoader(list(zip(prepare(X_test[:64]), torch.as_tensor(y_test[:64]))),
                                  bs=64))
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(),
