@@ -454,7 +454,7 @@ def _extra_arms(text):
     clash = set(extra) & set(STANDARD_ARMS)
     if clash:
         raise SystemExit(f"--arms-extra: {sorted(clash)} clash with the standard arms")
-    for name, params in extra.items():
+    for params in extra.values():
         TransferClassifier(**params)  # unknown keywords fail here, before any fit
     return extra
 
@@ -554,7 +554,7 @@ def _run(args):
                         continue
                     key = {"data": name, "n": n, "seed": seed, "arm": arm, "spec": spec(arm)}
                     fit = fitter(arm)
-                    res = store.get(key, lambda: fit(data, X, y, seed))
+                    res = store.get(key, lambda f=fit, d=data, X=X, y=y, s=seed: f(d, X, y, s))
                     results.setdefault((name, n, arm), []).append(
                         (res["accuracy"], res["seconds"], res.get("cpu_seconds", np.nan)))
     cv = None

@@ -2,8 +2,9 @@
 
 Rows: the plain recipe (the defaults before the recipe work: freeze_depth=-1, lr=0.01, SGD with
 momentum 0.9, constant rate, random head, 10 epochs), each component added to it alone, the
-current defaults, and fastai's ``Learner.fine_tune`` on the same EfficientNet-Lite0 weights, the
-same images, the same input size and the same number of epochs (one frozen epoch, then the rest
+recipe of the current defaults with the depth, head and epochs the defaults had before
+``"auto"`` (``RECIPE``: on few images ``"auto"`` is a linear probe, benchmark 10), and
+fastai's ``Learner.fine_tune`` on the same EfficientNet-Lite0 weights, the same images, the same input size and the same number of epochs (one frozen epoch, then the rest
 with discriminative learning rates and one-cycle: fastai's own recipe, as a user would call it).
 
 Data sets (real, offline), three seeds each (other images, other initialisation and shuffling):
@@ -37,6 +38,9 @@ SIZE = 64
 PLAIN = dict(freeze_depth=-1, lr=0.01, momentum=0.9, optimizer="sgd", max_epochs=10,
              lr_schedule="constant", layer_decay=1.0, head_init="random",
              label_smoothing=0.0, l2_sp=0.0, tta=False)
+# the recipe's depth, head and epochs: what the defaults were before "auto" (which on few
+# images is a linear probe, benchmark 10); every other setting is the defaults'
+RECIPE = dict(freeze_depth=3, head_init="random", max_epochs=12)
 # each component added alone to the plain recipe, at the value the defaults use
 COMPONENTS = {
     "+ cosine schedule (lr 0.05)": dict(lr_schedule="cosine", lr=0.05),
@@ -177,11 +181,12 @@ def main(argv=None):
     defaults = {}
     if args.quick:  # a smoke run measures nothing: two epochs
         defaults = {"max_epochs": 2}
-    default_epochs = defaults.get("max_epochs", TransferClassifier().max_epochs)
+    default_epochs = defaults.get("max_epochs", RECIPE["max_epochs"])
     components = COMPONENTS if not args.quick else dict(list(COMPONENTS.items())[-2:])
     arms = [("plain recipe (before)", {**PLAIN, **defaults})]
     arms += [(name, {**PLAIN, **change, **defaults}) for name, change in components.items()]
-    arms += [("sktransfer defaults (now)", dict(defaults))]
+    recipe = "sktransfer recipe (freeze_depth=3, random head, 12 epochs)"
+    arms += [(recipe, {**RECIPE, **defaults})]
     datasets = DATASETS if not args.quick else {"textures": textures}
     results = {}  # (arm, data set) -> (accuracies, seconds)
     for data_name, load in datasets.items():
@@ -230,7 +235,7 @@ def main(argv=None):
 
 def _verdicts(results, datasets):
     notes = []
-    now = "sktransfer defaults (now)"
+    now = "sktransfer recipe (freeze_depth=3, random head, 12 epochs)"
     for data_name in datasets:
         acc = np.mean([a for a, _ in results[(now, data_name)]])
         sec = np.mean([s for _, s in results[(now, data_name)]])

@@ -94,4 +94,5 @@ print(f"plain recipe: {plain.score(X_test, y_test):.3f}   "
 # %%
 # With 20 images per class the defaults are the linear probe on the frozen features
 # (``freeze_depth_="all"``, no epoch: see "How much data do I need?"). These two numbers move
-# by several points from seed to seed; the benchmark averages over three seeds and three data sets before it concludes.
+# by several points from seed to seed; the benchmark averages over three seeds and three data
+# sets before it concludes.
