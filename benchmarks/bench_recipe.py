@@ -4,8 +4,9 @@ Rows: the plain recipe (the defaults before the recipe work: freeze_depth=-1, lr
 momentum 0.9, constant rate, random head, 10 epochs), each component added to it alone, the
 recipe of the current defaults with the depth, head and epochs the defaults had before
 ``"auto"`` (``RECIPE``: on few images ``"auto"`` is a linear probe, benchmark 10), and
-fastai's ``Learner.fine_tune`` on the same EfficientNet-Lite0 weights, the same images, the same input size and the same number of epochs (one frozen epoch, then the rest
-with discriminative learning rates and one-cycle: fastai's own recipe, as a user would call it).
+fastai's ``Learner.fine_tune`` on the same EfficientNet-Lite0 weights, the same images, the
+same input size and the same number of epochs (one frozen epoch, then the rest with
+discriminative learning rates and one-cycle: fastai's own recipe, as a user would call it).
 
 Data sets (real, offline), three seeds each (other images, other initialisation and shuffling):
 
