@@ -774,6 +774,7 @@ def plot(path, datasets, sizes, arms, results):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.6 * len(datasets), 3.4), squeeze=False)
     for ax, (name, data) in zip(axes[0], datasets.items()):
@@ -790,6 +791,7 @@ def plot(path, datasets, sizes, arms, results):
             ax.fill_between(ns, mean - sd, mean + sd, color=line.get_color(), alpha=0.15)
         ax.set_xscale("log")
         ax.set_xticks(sizes[name])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticklabels([str(n) for n in sizes[name]])
         ax.set_title(data.title, fontsize=10)
         ax.set_xlabel("labels per class")
