@@ -42,6 +42,7 @@ PLAIN = dict(freeze_depth=-1, lr=0.01, momentum=0.9, optimizer="sgd", max_epochs
 # the recipe's depth, head and epochs: what the defaults were before "auto" (which on few
 # images is a linear probe, benchmark 10); every other setting is the defaults'
 RECIPE = dict(freeze_depth=3, head_init="random", max_epochs=12)
+RECIPE_ARM = "sktransfer recipe (freeze_depth=3, random head, 12 epochs)"
 # each component added alone to the plain recipe, at the value the defaults use
 COMPONENTS = {
     "+ cosine schedule (lr 0.05)": dict(lr_schedule="cosine", lr=0.05),
@@ -186,8 +187,7 @@ def main(argv=None):
     components = COMPONENTS if not args.quick else dict(list(COMPONENTS.items())[-2:])
     arms = [("plain recipe (before)", {**PLAIN, **defaults})]
     arms += [(name, {**PLAIN, **change, **defaults}) for name, change in components.items()]
-    recipe = "sktransfer recipe (freeze_depth=3, random head, 12 epochs)"
-    arms += [(recipe, {**RECIPE, **defaults})]
+    arms += [(RECIPE_ARM, {**RECIPE, **defaults})]
     datasets = DATASETS if not args.quick else {"textures": textures}
     results = {}  # (arm, data set) -> (accuracies, seconds)
     for data_name, load in datasets.items():
@@ -236,7 +236,7 @@ def main(argv=None):
 
 def _verdicts(results, datasets):
     notes = []
-    now = "sktransfer recipe (freeze_depth=3, random head, 12 epochs)"
+    now = RECIPE_ARM
     for data_name in datasets:
         acc = np.mean([a for a, _ in results[(now, data_name)]])
         sec = np.mean([s for _, s in results[(now, data_name)]])
