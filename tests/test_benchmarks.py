@@ -101,3 +101,35 @@ def test_data_size_caps_sizes_at_the_pool_and_says_so(bench):
     small, large = data.train(5, seed=3)[0][:, 0, 0], data.train(10, seed=3)[0][:, 0, 0]
     assert set(small) < set(large) and len(set(large)) == 30
     assert module._sizes_for(data, [5])[1] is None
+
+
+def test_adaptation_peer_net_freezes_the_first_half_and_exposes_pooled_features(bench):
+    module = bench("bench_adaptation")
+    net = module.PeerNet("test_cnn", None, n_classes=4)  # 3 stages: the first one frozen
+    stem, block1 = list(net.stages)[:2]
+    assert not any(p.requires_grad for p in stem.parameters())
+    assert all(p.requires_grad for p in block1.parameters())
+    net.train()
+    assert not stem.training and block1.training
+    seen = {}
+    net.features.register_forward_hook(lambda m, i, o: seen.setdefault("features", o))
+    out = net(torch.rand(2, 3, 16, 16))
+    assert out.shape == (2, 4) and seen["features"].shape == (2, 16)
+
+
+def test_adaptation_report_without_skada_says_the_peer_is_unmeasured(bench, capsys):
+    module = bench("bench_adaptation")
+    arms = module.arm_names(peer=False)
+    assert "source-only" in arms and not any(a.startswith("skada") for a in arms)
+    run = {a: {"accuracy": 0.5, "seconds": 1.0, "dev": 0.0, "entropy": 0.0} for a in arms}
+    run["mcc 2.0"].update(accuracy=0.7, dev=1.0)  # DEV prefers it
+    run["coral 0.5"].update(entropy=1.0)  # entropy prefers this one, no better than source
+    rows, res = module.summarize("pair", [run])
+    assert res["best"] == pytest.approx(0.7) and res["skada_best"] is None
+    assert any("entropy 0.500" in r[3] for r in rows if r[1].startswith("coral"))
+    store = bench("bench_data_size").ResultStore(None)
+    out = module._report({"pair": res}, rows, (1, 1, 1), [0], store, None)
+    text = capsys.readouterr().out
+    assert out["mean_gain_10"] and not out["skada_best"]
+    assert "not measured, skada is not installed" in text
+    assert "+20.0 points" in text
