@@ -8,6 +8,9 @@ photo: ``|patch - digit|`` per channel). Every image is RGB, 28x28, uint8.
 Arms, on EfficientNet-Lite0 with its ImageNet weights and the estimator's defaults:
 
 * source-only: fitted on the labeled source images alone;
+* ``unlabeled="adabn"``: fine-tuned on the labeled source images alone, then the BatchNorm
+  statistics of its trained stages recomputed on the unlabeled target training images (no
+  strength to choose);
 * each method (``unlabeled="coral"``, ``"mcc"``, ``"dann"``), fitted on the labeled source
   images and the unlabeled target training images, for each strength of ``STRENGTHS``; the
   strength is chosen without target labels, by :class:`~sktransfer.adaptation.
@@ -127,7 +130,7 @@ def arm_names(peer=None):
     """Every arm, in the table's order; skada's only when it is installed (``peer=None``)."""
     if peer is None:
         peer = importlib.util.find_spec("skada") is not None
-    return (["source-only"] + [f"{m} {w}" for m in METHODS for w in STRENGTHS]
+    return (["source-only", "adabn"] + [f"{m} {w}" for m in METHODS for w in STRENGTHS]
             + ([f"skada {m}" for m in METHODS] if peer else []) + ["target-only"])
 
 
@@ -146,10 +149,10 @@ def measure_arm(arm, data, seed, network):
         return {"accuracy": clf.score(Xtest, ytest), "seconds": t}
     if arm.startswith("skada "):
         return skada_arm(arm.split()[1], data, n_fit, seed, network)
-    method, w = arm.split()
+    method, *w = arm.split()  # "adabn" has no strength
     X_all, y_all, _ = merge_domains(Xs[:n_fit], ys[:n_fit], Xt)
     X_val, y_val, _ = merge_domains(Xs[n_fit:], ys[n_fit:], Xt)
-    clf, t = fit_timed(TransferClassifier(unlabeled=method, unlabeled_weight=float(w),
+    clf, t = fit_timed(TransferClassifier(unlabeled=method, unlabeled_weight=float(*w or [1]),
                                           **common), X_all, y_all)
     return {"accuracy": clf.score(Xtest, ytest), "seconds": t,
             "dev": DeepEmbeddedValidationScorer()(clf, X_val, y_val),
@@ -247,7 +250,9 @@ def summarize(pair, runs):
     """Rows of the table for one pair, and the figures its targets are checked on."""
     src = _mean(runs, "source-only")
     t_src = _mean(runs, "source-only", "seconds")
-    rows = [[pair, "source-only", f"{src:.3f}", "", f"{t_src:.1f}"]]
+    rows = [[pair, "source-only", f"{src:.3f}", "", f"{t_src:.1f}"],
+            [pair, "adabn", f"{_mean(runs, 'adabn'):.3f}", "no strength to choose",
+             f"{_mean(runs, 'adabn', 'seconds'):.1f}"]]
     for method in METHODS:
         arms = [f"{method} {w}" for w in STRENGTHS]
         by_dev = float(np.mean([_picked(r, arms, "dev") for r in runs]))
@@ -256,11 +261,12 @@ def summarize(pair, runs):
         t = float(np.mean([_mean(runs, a, "seconds") for a in arms]))
         rows.append([pair, f"{method} (strength by DEV)", f"{by_dev:.3f}",
                      f"by entropy {by_ent:.3f}; each strength {each}", f"{t:.1f}"])
-    every = [f"{m} {w}" for m in METHODS for w in STRENGTHS]
+    every = ["adabn"] + [f"{m} {w}" for m in METHODS for w in STRENGTHS]
     best = float(np.mean([_picked(r, every, "dev") for r in runs]))
     t_best = float(np.mean([_mean(runs, a, "seconds") for a in every]))
+    by_ent = float(np.mean([_picked(r, every, "entropy") for r in runs]))
     rows.append([pair, "best unsupervised (DEV over methods and strengths)", f"{best:.3f}",
-                 "", f"{t_best:.1f}"])
+                 f"by entropy {by_ent:.3f}", f"{t_best:.1f}"])
     peers = {m: _mean(runs, f"skada {m}") for m in METHODS if f"skada {m}" in runs[0]}
     for m in peers:
         rows.append([pair, f"skada {m} (reg=1)", f"{peers[m]:.3f}", "peer",

@@ -3,8 +3,12 @@
 Layer 2 of the package. The source rows train the head as in any fit; each training batch of
 source rows is joined by as many unlabeled target rows (cycling through them in a seeded
 order), and an adaptation loss on the backbone's pooled features (or on the logits, for MCC)
-pulls the two domains together:
+pulls the two domains together. The trained stages see each domain's rows on their own, so
+that BatchNorm normalises each domain with its own batch statistics; at the end of the fit
+their running statistics are recomputed on the target rows (AdaBN, Li et al. 2016), since the
+model predicts the target domain.
 
+* ``"adabn"``: that recalibration alone; the target rows join no training batch.
 * ``"coral"``: Deep CORAL (Sun & Saenko 2016), the distance between the feature covariances.
 * ``"mcc"``: Minimum Class Confusion (Jin et al. 2020), on the target rows' predictions.
 * ``"dann"``: domain-adversarial training (Ganin et al. 2016): a discriminator tells the
@@ -39,7 +43,7 @@ __all__ = [
 ]
 
 #: what each method needs of the targets: class predictions (MCC) or none
-ADAPTATION_METHODS = {"coral": "any", "mcc": "classification", "dann": "any"}
+ADAPTATION_METHODS = {"adabn": "any", "coral": "any", "mcc": "classification", "dann": "any"}
 
 
 def coral_loss(source, target):
@@ -171,8 +175,9 @@ class AdaptationSkorchNet(_TransferSkorchNet):
     ----------
     target : torch.utils.data.Dataset
         The target rows (``__getitems__`` gives ``(X, y)`` batches; y is ignored).
-    method : {"coral", "mcc", "dann"}
-        The adaptation loss.
+    method : {"adabn", "coral", "mcc", "dann"}
+        The adaptation loss (``"adabn"``: none, the target rows join no batch and only set
+        the BatchNorm statistics at the end).
     weight : float
         Its strength: the loss is ``supervised + weight x adaptation`` (for DANN, ``weight``
         scales the reversed gradient, times the ramp).
@@ -227,7 +232,7 @@ class AdaptationSkorchNet(_TransferSkorchNet):
 
     def get_iterator(self, dataset, training=False):
         iterator = super().get_iterator(dataset, training=training)
-        if not training or self.target is None:
+        if not training or self.target is None or self.method == "adabn":
             return iterator
         return _Joined(iterator, self)
 
@@ -260,7 +265,7 @@ class AdaptationSkorchNet(_TransferSkorchNet):
         tgt = unlabeled_rows(yi)
         module = self.module_
         with self._autocast():
-            features = module.features(Xi, module.start)
+            features = self._domain_features(Xi, tgt)
             y_pred = module.head(features)
             loss = self.get_loss(y_pred[~tgt], yi[~tgt], X=Xi, training=True)
             adapt = self._adaptation_loss(features, y_pred, tgt)
@@ -270,8 +275,56 @@ class AdaptationSkorchNet(_TransferSkorchNet):
         self.history.record_batch("adapt_loss", float(adapt.detach()))
         return {"loss": loss, "y_pred": y_pred[~tgt]}
 
+    def _domain_features(self, X, tgt):
+        """The backbone's features of a joined batch, each domain through the trained stages
+        on its own, so that BatchNorm normalises each with its own batch statistics (as the
+        source rows are normalised in a fit without target rows)."""
+        module = self.module_
+        n_t = int(tgt.sum())
+        if n_t < 2 or len(tgt) - n_t < 2:
+            return module.features(X, module.start)
+        order = torch.cat([torch.nonzero(~tgt)[:, 0], torch.nonzero(tgt)[:, 0]])
+        both = torch.cat([module.features(X[~tgt], module.start),
+                          module.features(X[tgt], module.start)])
+        return both[torch.argsort(order)]
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        super().partial_fit(X, y, classes=classes, **fit_params)
+        # the stage the target rows start from (after the cached frozen stages, if cached)
+        self.target_start_ = self.module_.start
+        self.recalibrate_batchnorm()
+        return self
+
+    def recalibrate_batchnorm(self, batch_size=64):
+        """AdaBN (Li et al. 2016): the running statistics of the BatchNorm layers of the
+        trained stages, recomputed on the target rows, since the model predicts the target
+        domain. The frozen stages keep their pretrained statistics."""
+        module, n = self.module_, len(self.target) if self.target is not None else 0
+        start = getattr(self, "target_start_", module.start)
+        layers = [m for stage in list(module.stages)[module.n_frozen:] for m in stage.modules()
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not layers or n < 2:
+            return
+        momenta = [m.momentum for m in layers]
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the target rows
+        was_training = module.training
+        module.train()
+        # no batch of one row: BatchNorm cannot normalise it
+        bounds = list(range(0, n, batch_size)) + [n]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < 2:
+            del bounds[-2]
+        with torch.no_grad(), self._autocast():
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                Xt = self.target.__getitems__(np.arange(lo, hi))[0]
+                module.features(to_tensor(Xt, self.device), start)
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+        module.train(was_training)
+
     def _adaptation_loss(self, features, y_pred, tgt):
-        if int(tgt.sum()) < 2 or int((~tgt).sum()) < 2:
+        if int(tgt.sum()) < 2 or int((~tgt).sum()) < 2 or self.method == "adabn":
             return features.sum() * 0.0
         if self.method == "coral":
             return self.weight * coral_loss(features[~tgt], features[tgt])

@@ -7,9 +7,9 @@ unlabeled whatever their y holds. ``unlabeled=`` says what those rows are for:
 
 * ``"contrastive"``, ``"autoencoder"`` or a pretrainer: stage one, self-supervised pretraining
   on every row (:mod:`sktransfer._semi_supervised`), then fine-tuning on the labeled rows;
-* ``"coral"``, ``"mcc"``, ``"dann"``: unsupervised domain adaptation: the labeled rows train
-  the model while the unlabeled ones, the target domain, are pulled towards them
-  (:mod:`sktransfer._adaptation_training`).
+* ``"adabn"``, ``"coral"``, ``"mcc"``, ``"dann"``: unsupervised domain adaptation: the
+  labeled rows train the model while the unlabeled ones, the target domain, are pulled
+  towards them (:mod:`sktransfer._adaptation_training`).
 """
 
 from __future__ import annotations

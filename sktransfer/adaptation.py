@@ -1,9 +1,9 @@
 """Unsupervised domain adaptation: data helpers, losses and scorers that need no target labels.
 
 The estimators adapt to unlabeled images of the domain to predict when ``unlabeled`` is
-``"coral"``, ``"mcc"`` or ``"dann"``: their rows are in X, labelled -1 (NaN for a regressor),
-or marked by a negative ``sample_domain`` (skada's convention). This module holds what goes
-around such a fit:
+``"adabn"``, ``"coral"``, ``"mcc"`` or ``"dann"``: their rows are in X, labelled -1 (NaN for a
+regressor), or marked by a negative ``sample_domain`` (skada's convention). This module holds
+what goes around such a fit:
 
 * :func:`merge_domains` puts labeled source images and unlabeled target images in one X, y and
   ``sample_domain``;

@@ -209,7 +209,8 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
     tta : bool, default=False
         Test-time augmentation: ``predict``, ``predict_proba`` and ``score`` average over the
         images as given and flipped left-right (twice the prediction time).
-    unlabeled : {"coral", "mcc", "dann", "contrastive", "autoencoder"}, pretrainer or None, \
+    unlabeled : {"adabn", "coral", "mcc", "dann", "contrastive", "autoencoder"}, pretrainer \
+            or None, \
             default=None
         What the unlabeled rows of ``fit`` are for: rows of y labelled -1 (scikit-learn's
         marker of unlabeled samples, as in :mod:`sklearn.semi_supervised`, and skada's), and
@@ -221,9 +222,12 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         features made alike), ``"mcc"`` (Minimum Class Confusion of the predictions on the
         unlabeled rows) or ``"dann"`` (a domain discriminator trained against the backbone
         through gradient reversal). Each training batch of labeled rows is joined by as many
-        unlabeled rows; ``unlabeled_weight`` sets the strength. The frozen stages' outputs
-        of all rows are cached as usual. ``freeze_depth="auto"`` then always fine-tunes the
-        last stages.
+        unlabeled rows, each domain normalised by its own batch statistics;
+        ``unlabeled_weight`` sets the strength. At the end the BatchNorm statistics of the
+        trained stages are recomputed on the unlabeled rows (AdaBN), so the model is for the
+        target domain; ``"adabn"`` does only that, at the cost of a source-only fit. The
+        frozen stages' outputs of all rows are cached as usual. ``freeze_depth="auto"`` then
+        always fine-tunes the last stages.
 
         Semi-supervised pretraining: ``fit`` runs stage
         one, self-supervised pretraining of the backbone on every row of X (starting from
@@ -326,7 +330,7 @@ class TransferClassifier(TransferEstimatorMixin, ClassifierMixin, BaseEstimator)
         **TransferEstimatorMixin._parameter_constraints,
         "class_weight": [dict, StrOptions({"balanced"}), None],
         "label_smoothing": [Interval(numbers.Real, 0, 1, closed="left")],
-        "unlabeled": [StrOptions({"contrastive", "autoencoder", "coral", "mcc", "dann"}),
+        "unlabeled": [StrOptions({"contrastive", "autoencoder", "adabn", "coral", "mcc", "dann"}),
                       HasMethods(["fit", "transform", "save_weights"]), None],
         "unlabeled_weight": [Interval(numbers.Real, 0, None, closed="left")],
     }

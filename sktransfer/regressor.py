@@ -108,10 +108,10 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
         Continue from the previous fit.
     tta : bool, default=False
         Average predictions over the images and their left-right flips.
-    unlabeled : {"coral", "dann"} or None, default=None
+    unlabeled : {"adabn", "coral", "dann"} or None, default=None
         What the unlabeled rows of ``fit`` (y NaN, or ``sample_domain`` negative) are for:
-        domain adaptation to them, by Deep CORAL or a domain discriminator (see
-        :class:`TransferClassifier`). ``None``: NaN in y is refused.
+        domain adaptation to them, by BatchNorm statistics alone, Deep CORAL or a domain
+        discriminator (see :class:`TransferClassifier`). ``None``: NaN in y is refused.
     unlabeled_weight : float, default=1.0
         Strength of the domain adaptation (see :class:`TransferClassifier`).
 
@@ -190,7 +190,7 @@ class TransferRegressor(TransferEstimatorMixin, RegressorMixin, BaseEstimator):
 
     _parameter_constraints = {
         **TransferEstimatorMixin._parameter_constraints,
-        "unlabeled": [StrOptions({"coral", "dann"}), None],
+        "unlabeled": [StrOptions({"adabn", "coral", "dann"}), None],
         "unlabeled_weight": [Interval(numbers.Real, 0, None, closed="left")],
     }
     # sample_domain reaches fit when metadata routing is on, without set_fit_request

@@ -62,7 +62,7 @@ class _BatchLog(Callback):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["coral", "mcc", "dann"])
+@pytest.mark.parametrize("method", ["adabn", "coral", "mcc", "dann"])
 def test_each_method_fits_and_predicts_target_images(method):
     X, y, _, _ = _domains()
     clf = _clf(unlabeled=method).fit(X, y)
@@ -72,6 +72,67 @@ def test_each_method_fits_and_predicts_target_images(method):
     # the adaptation loss is recorded for every batch, and is finite
     losses = [b["adapt_loss"] for b in clf.net_.history[-1]["batches"]]
     assert len(losses) == 3 and np.isfinite(losses).all()
+    assert (np.asarray(losses) == 0).all() == (method == "adabn")
+
+
+class _Rows:
+    """A dataset of rows ``X`` as the adapted net reads its target rows."""
+
+    def __init__(self, X):
+        self.X = X
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitems__(self, rows):
+        return self.X[torch.as_tensor(rows)], None
+
+
+def _trained_bn_stats(clf):
+    net = clf.module_
+    return [m.running_mean.clone() for stage in list(net.stages)[net.n_frozen:]
+            for m in stage.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+@pytest.mark.parametrize("method", ["adabn", "coral"])
+def test_batchnorm_statistics_of_the_trained_stages_are_the_target_rows(method):
+    X, y, _, _ = _domains()
+    clf = _clf(unlabeled=method).fit(X, y)
+    fitted = _trained_bn_stats(clf)
+    assert len(fitted) == 2  # test_cnn: block1 and block2 train, the stem is frozen
+    frozen_before = [m.running_mean.clone() for m in clf.module_.stages[0].modules()
+                     if isinstance(m, torch.nn.BatchNorm2d)]
+    clf.net_.recalibrate_batchnorm()  # again on the target rows: the same statistics
+    for a, b in zip(fitted, _trained_bn_stats(clf)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    module = clf.module_
+    with torch.no_grad():  # the source rows, as the cache holds them: after the frozen stem
+        source = module.prefix(torch.as_tensor(X[y >= 0]), clf.net_.target_start_)
+    clf.net_.target = _Rows(source)
+    clf.net_.recalibrate_batchnorm()  # on the source rows: other statistics
+    assert any(not torch.allclose(a, b, atol=1e-3) for a, b in
+               zip(fitted, _trained_bn_stats(clf)))
+    frozen_after = [m.running_mean for m in clf.module_.stages[0].modules()
+                    if isinstance(m, torch.nn.BatchNorm2d)]
+    for a, b in zip(frozen_before, frozen_after):  # the frozen stem keeps its statistics
+        assert torch.equal(a, b)
+
+
+def test_each_domain_is_normalised_by_its_own_batch_statistics():
+    X, y, _, _ = _domains()
+    clf = _clf(unlabeled="coral").fit(X, y)
+    net, module = clf.net_, clf.module_
+    module.train()
+    module.start = 0
+    rows = np.r_[0:6, len(X) - 6:len(X)]
+    Xb = torch.as_tensor(X[rows])
+    tgt = torch.as_tensor(y[rows] == -1)
+    with torch.no_grad():
+        joined = net._domain_features(Xb, tgt)
+        alone = module.features(Xb[~tgt], 0)
+        mixed = module.features(Xb, 0)
+    torch.testing.assert_close(joined[~tgt], alone)
+    assert not torch.allclose(joined[~tgt], mixed[~tgt], atol=1e-4)
 
 
 def test_batches_join_each_source_batch_with_as_many_target_rows():
@@ -121,10 +182,11 @@ def test_auto_freeze_depth_fine_tunes_when_adapting():
     assert plain.freeze_depth_ == "all"
 
 
-def test_regressor_coral_on_nan_rows():
+@pytest.mark.parametrize("method", ["adabn", "coral"])
+def test_regressor_adapts_to_nan_rows(method):
     X, y, _, _ = _domains()
     target = np.where(y >= 0, y, np.nan).astype(float)
-    reg = TransferRegressor("test_cnn", unlabeled="coral", **TINY).fit(X, target)
+    reg = TransferRegressor("test_cnn", unlabeled=method, **TINY).fit(X, target)
     assert reg.predict(X[:4]).shape == (4,)
     assert np.isfinite([b["adapt_loss"] for b in reg.net_.history[-1]["batches"]]).all()
 
