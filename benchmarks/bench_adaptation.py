@@ -274,7 +274,8 @@ def summarize(pair, runs):
     tgt = _mean(runs, "target-only")
     rows.append([pair, "target-only (labels)", f"{tgt:.3f}", "ceiling",
                  f"{_mean(runs, 'target-only', 'seconds'):.1f}"])
-    return rows, {"source": src, "best": best, "time_ratio": t_best / t_src,
+    return rows, {"source": src, "best": best, "best_entropy": by_ent,
+                  "time_ratio": t_best / t_src,
                   "skada_best": max(peers.values()) if peers else None}
 
 
@@ -378,6 +379,9 @@ def _report(results, rows, sizes, seeds, store, load):
     notes = [
         "gain of the DEV pick over source-only per pair: "
         + ", ".join(f"{p} {g * 100:+.1f} points" for p, g in gains.items()),
+        "gain if the prediction entropy chose instead (among the adapted fits): " + ", ".join(
+            f"{p} {(r['best_entropy'] - r['source']) * 100:+.1f} points"
+            for p, r in results.items()),
         f"mean gain >= +10 points: {verdict(targets['mean_gain_10'])} ({mean_gain * 100:+.1f});"
         f" every pair >= +3 points: {verdict(targets['every_pair_3'])}; never below "
         f"source-only by more than 1 point: {verdict(targets['never_below_1'])}",
