@@ -38,19 +38,34 @@ PLAIN_RECIPE = dict(lr_schedule="constant", layer_decay=1.0, head_init="random",
 # -- command line ------------------------------------------------------------------------------
 
 
-def parse_args(description, argv=None):
+def make_parser(description, quick_help="a small smoke run (seconds), for the test suite"):
+    """An argument parser with the options every benchmark has: ``--quick`` and ``--threads``."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument(
-        "--quick", action="store_true", help="a small smoke run (seconds), for the test suite"
-    )
-    parser.add_argument(
-        "--threads", type=int, default=None,
-        help="torch threads for both sides (default: torch's, one per core)",
-    )
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's, one per core)")
+    return parser
+
+
+def add_cache_args(parser, default, what):
+    """``--results-dir`` and ``--fresh``, for a benchmark that keeps its ``what`` (cells,
+    arms) in a results cache, by default in ``default``."""
+    parser.add_argument("--results-dir", default=None,
+                        help=f"cache of results (default: {os.path.relpath(default)}; none with "
+                             "--quick)")
+    parser.add_argument("--fresh", action="store_true", help=f"measure every {what} again")
+
+
+def finish_args(parser, argv=None):
+    """Parse ``argv`` and set torch's threads as ``--threads`` asks."""
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
+
+
+def parse_args(description, argv=None):
+    return finish_args(make_parser(description), argv)
 
 
 # -- data --------------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ so that the pairs can run in separate processes (``--pairs``) and one last run r
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib.util
 import os
@@ -40,7 +39,7 @@ import time
 
 import numpy as np
 import torch
-from _common import loadavg, machine, report, verdict
+from _common import add_cache_args, finish_args, loadavg, machine, make_parser, report, verdict
 from bench_data_size import ResultStore
 from torch import nn
 
@@ -283,25 +282,16 @@ def summarize(pair, runs):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="a small smoke run (seconds), for the test suite: a small random "
-                             "CNN, one epoch, one pair, one seed, no cache")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's, one per core)")
+    parser = make_parser(__doc__.splitlines()[0],
+                         "a small smoke run (seconds), for the test suite: a small random CNN, "
+                         "one epoch, one pair, one seed, no cache")
     parser.add_argument("--pairs", nargs="+", type=int, default=None,
                         help="pairs to run, by number: " + ", ".join(
                             f"{i} {p}" for i, p in enumerate(PAIRS)) + " (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
                         help=f"seeds (default: {' '.join(map(str, SEEDS))})")
-    parser.add_argument("--results-dir", default=None,
-                        help=f"cache of results (default: {os.path.relpath(DEFAULT_RESULTS)}; "
-                             "none with --quick)")
-    parser.add_argument("--fresh", action="store_true", help="measure every arm again")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return args
+    add_cache_args(parser, DEFAULT_RESULTS, "arm")
+    return finish_args(parser, argv)
 
 
 def measure(pairs, seeds, sizes, network, store):

@@ -54,7 +54,6 @@ package's source, so a rerun skips the cells already measured.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -68,7 +67,15 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from _common import loadavg, machine, median, table  # noqa: E402
+from _common import (  # noqa: E402
+    add_cache_args,
+    finish_args,
+    loadavg,
+    machine,
+    make_parser,
+    median,
+    table,
+)
 
 from sktransfer import TransferClassifier, TransferFeatures  # noqa: E402
 from sktransfer.caching import clear_cache  # noqa: E402
@@ -405,12 +412,9 @@ class ResultStore:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="a small smoke run (seconds), for the test suite: faces, sizes 5 "
-                             "and 10, one seed, 2 epochs, no plain loop, fastai or figure")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's, one per core)")
+    parser = make_parser(__doc__.splitlines()[0],
+                         "a small smoke run (seconds), for the test suite: faces, sizes 5 and "
+                         "10, one seed, 2 epochs, no plain loop, fastai or figure")
     parser.add_argument("--datasets", nargs="+", choices=list(LOADERS), default=None,
                         help=f"data sets (default: all: {' '.join(LOADERS)})")
     parser.add_argument("--sizes", nargs="+", type=int, default=None,
@@ -428,18 +432,12 @@ def parse_args(argv=None):
     parser.add_argument("--no-cv", action="store_true",
                         help="skip the spread of 3-fold CV scores of the defaults "
                              "(Fashion-MNIST, 50 per class)")
-    parser.add_argument("--results-dir", default=None,
-                        help=f"cache of cell results (default: {os.path.relpath(DEFAULT_RESULTS)}"
-                             "; none with --quick)")
-    parser.add_argument("--fresh", action="store_true", help="measure every cell again")
+    add_cache_args(parser, DEFAULT_RESULTS, "cell")
     parser.add_argument("--figure", default=None,
                         help="where to save the figure (default: docs/_static/data_size.png; "
                              "none with --quick)")
     parser.add_argument("--no-figure", action="store_true", help="save no figure")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return args
+    return finish_args(parser, argv)
 
 
 def _extra_arms(text):

@@ -28,6 +28,7 @@ from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 from torch import nn
 
+from ._freezing import _BN
 from ._training import _TransferSkorchNet
 
 __all__ = [
@@ -302,7 +303,7 @@ class AdaptationSkorchNet(_TransferSkorchNet):
         module, n = self.module_, len(self.target) if self.target is not None else 0
         start = getattr(self, "target_start_", module.start)
         layers = [m for stage in list(module.stages)[module.n_frozen:] for m in stage.modules()
-                  if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+                  if isinstance(m, _BN)]
         if not layers or n < 2:
             return
         momenta = [m.momentum for m in layers]
@@ -324,7 +325,8 @@ class AdaptationSkorchNet(_TransferSkorchNet):
         module.train(was_training)
 
     def _adaptation_loss(self, features, y_pred, tgt):
-        if int(tgt.sum()) < 2 or int((~tgt).sum()) < 2 or self.method == "adabn":
+        # "adabn": the target rows join no batch, so there is never an adaptation loss
+        if int(tgt.sum()) < 2 or int((~tgt).sum()) < 2:
             return features.sum() * 0.0
         if self.method == "coral":
             return self.weight * coral_loss(features[~tgt], features[tgt])
